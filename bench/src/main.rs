@@ -1,0 +1,34 @@
+//! `cairn-bench <suite> [--quick] [--json FILE]`: contention benchmarks that measure cairn side
+//! by side with peers in the same run and print one JSON object per measurement.
+
+mod report;
+
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(name = "cairn-bench", about = "cairn's contention benchmarks")]
+struct Arguments {
+    /// The suite to run.
+    suite: String,
+    /// A short run (seconds instead of minutes), for smoke tests.
+    #[arg(long)]
+    quick: bool,
+    /// Also write the JSON lines to this file.
+    #[arg(long)]
+    json: Option<String>,
+}
+
+/// What every suite receives.
+pub struct Settings {
+    pub quick: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let arguments = Arguments::parse();
+    let mut reporter = report::Reporter::new(arguments.json.as_deref())?;
+    let settings = Settings { quick: arguments.quick };
+    let _ = (&mut reporter, &settings);
+    match arguments.suite.as_str() {
+        other => anyhow::bail!("unknown suite '{other}'"),
+    }
+}

@@ -1,0 +1,109 @@
+//! Results as JSON lines (DESIGN.md, "Contracts"): one object per measurement with `suite`,
+//! `workload`, `system`, `threads`, `ops`, `seconds`, `ops_per_sec`, `p50_us`, `p99_us` and any
+//! extra fields a suite adds.
+
+use hdrhistogram::Histogram;
+use serde_json::{Map, Value};
+use std::fs::File;
+use std::io::Write;
+use std::time::Duration;
+
+/// Latencies of one measurement, in microseconds.
+pub struct Latencies {
+    histogram: Histogram<u64>,
+}
+
+impl Latencies {
+    pub fn new() -> Latencies {
+        // 1 us to 100 s at 3 significant digits.
+        Latencies { histogram: Histogram::new_with_bounds(1, 100_000_000, 3).expect("bounds") }
+    }
+
+    pub fn record(&mut self, elapsed: Duration) {
+        let micros = (elapsed.as_nanos() / 1_000).clamp(1, 100_000_000) as u64;
+        self.histogram.saturating_record(micros);
+    }
+
+    pub fn merge(&mut self, other: &Latencies) {
+        self.histogram.add(&other.histogram).expect("same bounds");
+    }
+
+    pub fn count(&self) -> u64 {
+        self.histogram.len()
+    }
+
+    pub fn quantile_us(&self, quantile: f64) -> f64 {
+        if self.histogram.is_empty() {
+            return 0.0;
+        }
+        self.histogram.value_at_quantile(quantile) as f64
+    }
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies::new()
+    }
+}
+
+/// One measurement.
+pub struct Record {
+    pub suite: String,
+    pub workload: String,
+    pub system: String,
+    pub threads: usize,
+    pub ops: u64,
+    pub seconds: f64,
+    pub latencies: Option<Latencies>,
+    pub extra: Map<String, Value>,
+}
+
+impl Record {
+    pub fn to_json(&self) -> Value {
+        let mut object = Map::new();
+        object.insert("suite".into(), self.suite.clone().into());
+        object.insert("workload".into(), self.workload.clone().into());
+        object.insert("system".into(), self.system.clone().into());
+        object.insert("threads".into(), self.threads.into());
+        object.insert("ops".into(), self.ops.into());
+        object.insert("seconds".into(), round3(self.seconds).into());
+        let rate = if self.seconds > 0.0 { self.ops as f64 / self.seconds } else { 0.0 };
+        object.insert("ops_per_sec".into(), round3(rate).into());
+        if let Some(latencies) = &self.latencies {
+            object.insert("p50_us".into(), latencies.quantile_us(0.50).into());
+            object.insert("p99_us".into(), latencies.quantile_us(0.99).into());
+        }
+        for (key, value) in &self.extra {
+            object.insert(key.clone(), value.clone());
+        }
+        Value::Object(object)
+    }
+}
+
+fn round3(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}
+
+/// Writes records to standard output and, when asked, to a file.
+pub struct Reporter {
+    file: Option<File>,
+}
+
+impl Reporter {
+    pub fn new(json_path: Option<&str>) -> anyhow::Result<Reporter> {
+        let file = match json_path {
+            Some(path) => Some(File::create(path)?),
+            None => None,
+        };
+        Ok(Reporter { file })
+    }
+
+    pub fn emit(&mut self, record: &Record) -> anyhow::Result<()> {
+        let line = record.to_json().to_string();
+        println!("{line}");
+        if let Some(file) = &mut self.file {
+            writeln!(file, "{line}")?;
+        }
+        Ok(())
+    }
+}

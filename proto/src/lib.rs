@@ -1,0 +1,1 @@
+//! cairn-proto (under construction).

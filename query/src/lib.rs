@@ -1,0 +1,1 @@
+//! cairn-query (under construction).

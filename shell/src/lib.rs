@@ -1,0 +1,1 @@
+//! cairn-shell (under construction).

@@ -1,0 +1,1 @@
+//! cairn-storage (under construction).
