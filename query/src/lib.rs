@@ -1,1 +1,16 @@
-//! cairn-query (under construction).
+//! cairn-query: MongoDB's query semantics as pure functions on `bson::Document`.
+//!
+//! Nothing here does I/O (except the opt-in spilling of a large aggregation `$sort` to temporary
+//! files), reads a clock or takes a lock: the executor that runs plans over the storage engine
+//! under the lock manager calls into this crate.
+//!
+//! - [`path`]: dotted paths and how they reach values through documents and arrays.
+//! - [`matcher`]: filters (`Matcher::parse`, `matches`, positional match details).
+//! - [`agg`]: aggregation expressions and pipeline stages.
+
+pub mod agg;
+pub mod matcher;
+pub mod path;
+pub mod value;
+
+pub use matcher::{MatchDetails, Matcher};

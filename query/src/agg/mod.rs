@@ -1,0 +1,3 @@
+//! Aggregation: expressions ([`expression`]).
+
+pub mod expression;
