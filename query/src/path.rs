@@ -66,7 +66,12 @@ pub enum LeafArrays {
     Traverse,
     /// Visit the array itself only (`$size`, `$elemMatch`).
     NoTraversal,
+    /// Visit every element but not the array itself; an empty array is visited as `undefined`
+    /// (index keys and sort keys, as MongoDB's key generator does).
+    TraverseOmitArray,
 }
+
+static UNDEFINED: Bson = Bson::Undefined;
 
 /// True for a path component that can index an array (`"0"`, `"12"`).
 pub fn is_array_index(part: &str) -> bool {
@@ -121,12 +126,16 @@ fn visit_array<'a>(
     visitor: &mut dyn FnMut(Option<&'a Bson>, Option<usize>) -> bool,
 ) -> bool {
     if rest.is_empty() {
-        if leaf == LeafArrays::Traverse {
-            for (position, item) in items.iter().enumerate() {
-                if visitor(Some(item), offset.or(Some(position))) {
-                    return true;
-                }
+        if leaf == LeafArrays::NoTraversal {
+            return visitor(Some(array), offset);
+        }
+        for (position, item) in items.iter().enumerate() {
+            if visitor(Some(item), offset.or(Some(position))) {
+                return true;
             }
+        }
+        if leaf == LeafArrays::TraverseOmitArray {
+            return items.is_empty() && visitor(Some(&UNDEFINED), offset);
         }
         return visitor(Some(array), offset);
     }
@@ -179,6 +188,25 @@ pub fn collect<'a>(
         values.push(value);
         false
     });
+    values
+}
+
+/// The values an index or a sort uses for `path`: every value reached, arrays at the end
+/// expanded into their elements (an empty one as `undefined`), missing as null; at least one.
+pub fn key_values(document: &Document, path: &[String]) -> Vec<Bson> {
+    let mut values: Vec<Bson> = Vec::new();
+    visit(
+        document,
+        path,
+        LeafArrays::TraverseOmitArray,
+        &mut |value, _| {
+            values.push(value.cloned().unwrap_or(Bson::Null));
+            false
+        },
+    );
+    if values.is_empty() {
+        values.push(Bson::Null);
+    }
     values
 }
 
