@@ -49,8 +49,8 @@ impl SortSpec {
                     ));
                 }
                 value => match crate::value::as_f64(value) {
-                    Some(d) if d == 1.0 => false,
-                    Some(d) if d == -1.0 => true,
+                    Some(1.0) => false,
+                    Some(-1.0) => true,
                     _ => {
                         return Err(Error::new(
                             ErrorCode::Location(15975),

@@ -618,8 +618,8 @@ fn parse_operation(
         "$pop" => {
             let direction = crate::value::as_f64(value).filter(|_| is_number(value));
             match direction {
-                Some(d) if d == 1.0 => Operation::Pop { first: false },
-                Some(d) if d == -1.0 => Operation::Pop { first: true },
+                Some(1.0) => Operation::Pop { first: false },
+                Some(-1.0) => Operation::Pop { first: true },
                 _ => {
                     return Err(failed_to_parse(format!(
                         "$pop expects 1 or -1, found: {value}"
@@ -757,8 +757,8 @@ fn parse_push(value: &Bson) -> Result<PushSpec> {
                 };
                 push.sort = Some(match argument {
                     value if is_number(value) => match crate::value::as_f64(value) {
-                        Some(d) if d == 1.0 => PushSort::Whole { descending: false },
-                        Some(d) if d == -1.0 => PushSort::Whole { descending: true },
+                        Some(1.0) => PushSort::Whole { descending: false },
+                        Some(-1.0) => PushSort::Whole { descending: true },
                         _ => return Err(invalid()),
                     },
                     Bson::Document(fields) if !fields.is_empty() => {
