@@ -29,7 +29,9 @@ pub struct SystemClock {
 
 impl SystemClock {
     pub fn new() -> SystemClock {
-        SystemClock { origin: Instant::now() }
+        SystemClock {
+            origin: Instant::now(),
+        }
     }
 }
 
@@ -61,13 +63,18 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(wall_ms: i64) -> ManualClock {
-        ManualClock { wall_ms: AtomicI64::new(wall_ms), monotonic_ns: AtomicU64::new(0) }
+        ManualClock {
+            wall_ms: AtomicI64::new(wall_ms),
+            monotonic_ns: AtomicU64::new(0),
+        }
     }
 
     /// Moves both clocks forward.
     pub fn advance(&self, by: Duration) {
-        self.wall_ms.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
-        self.monotonic_ns.fetch_add(by.as_nanos() as u64, Ordering::SeqCst);
+        self.wall_ms
+            .fetch_add(by.as_millis() as i64, Ordering::SeqCst);
+        self.monotonic_ns
+            .fetch_add(by.as_nanos() as u64, Ordering::SeqCst);
     }
 
     /// Sets the wall clock (a jump, forwards or backwards); the monotonic clock is unchanged.

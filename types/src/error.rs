@@ -155,6 +155,7 @@ error_codes! {
     OperationNotSupportedInTransaction = 263,
     ClientDisconnect = 279,
     QueryExceededMemoryLimitNoDiskUseAllowed = 292,
+    DataCorruptionDetected = 296,
     APIStrictError = 323,
     LinearizableReadConcernError = 187,
     PrimarySteppedDown = 189,
@@ -191,7 +192,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Error {
-        Error { code, message: message.into(), info: None }
+        Error {
+            code,
+            message: message.into(),
+            info: None,
+        }
     }
 
     /// Adds extra reply fields.
@@ -251,7 +256,13 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}): {}", self.code.name(), self.code.code(), self.message)
+        write!(
+            f,
+            "{} ({}): {}",
+            self.code.name(),
+            self.code.code(),
+            self.message
+        )
     }
 }
 

@@ -178,7 +178,11 @@ fn append_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
 fn ordered_double_bits(value: f64) -> [u8; 8] {
     let value = if value == 0.0 { 0.0 } else { value };
     let bits = value.to_bits();
-    let ordered = if bits >> 63 == 1 { !bits } else { bits | (1 << 63) };
+    let ordered = if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | (1 << 63)
+    };
     ordered.to_be_bytes()
 }
 
@@ -210,11 +214,21 @@ fn append_number(out: &mut Vec<u8>, number: Number) {
         }
         Number::Decimal(Decimal::NaN) => unreachable!("NaN handled above"),
         Number::Decimal(Decimal::Infinity { negative }) => {
-            let infinity = if negative { f64::NEG_INFINITY } else { f64::INFINITY };
+            let infinity = if negative {
+                f64::NEG_INFINITY
+            } else {
+                f64::INFINITY
+            };
             out.extend_from_slice(&ordered_double_bits(infinity));
             out.push(0x00);
         }
-        Number::Decimal(decimal @ Decimal::Finite { negative, coefficient, exponent }) => {
+        Number::Decimal(
+            decimal @ Decimal::Finite {
+                negative,
+                coefficient,
+                exponent,
+            },
+        ) => {
             let nearest = decimal.to_f64();
             if nearest == f64::NEG_INFINITY {
                 // Below -f64::MAX: sort just above -Infinity, by the value itself.
@@ -227,7 +241,11 @@ fn append_number(out: &mut Vec<u8>, number: Number) {
                 }
                 return;
             }
-            let mut floor = if nearest == f64::INFINITY { f64::MAX } else { nearest };
+            let mut floor = if nearest == f64::INFINITY {
+                f64::MAX
+            } else {
+                nearest
+            };
             let value = crate::order::Number::Decimal(decimal);
             if crate::order::compare_numbers(&value, &Number::Double(floor))
                 == std::cmp::Ordering::Less
@@ -309,7 +327,7 @@ impl BigUint {
 mod tests {
     use super::*;
     use crate::order::compare_values;
-    use bson::{doc, Decimal128};
+    use bson::{Decimal128, doc};
     use proptest::prelude::*;
     use std::cmp::Ordering;
 
@@ -331,7 +349,10 @@ mod tests {
     fn strings_with_nul_bytes_keep_order() {
         let values = ["", "\0", "\0\0", "a", "a\0", "a\0b", "ab", "b"];
         for window in values.windows(2) {
-            let (a, b) = (Bson::String(window[0].into()), Bson::String(window[1].into()));
+            let (a, b) = (
+                Bson::String(window[0].into()),
+                Bson::String(window[1].into()),
+            );
             assert!(encode(&a) < encode(&b), "{window:?}");
         }
     }
@@ -411,7 +432,10 @@ mod tests {
                 .prop_map(|(time, increment)| Bson::Timestamp(bson::Timestamp { time, increment })),
             any::<[u8; 12]>().prop_map(|b| Bson::ObjectId(bson::oid::ObjectId::from_bytes(b))),
             (prop::collection::vec(any::<u8>(), 0..3), 0u8..3).prop_map(|(bytes, subtype)| {
-                Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::from(subtype), bytes })
+                Bson::Binary(bson::Binary {
+                    subtype: bson::spec::BinarySubtype::from(subtype),
+                    bytes,
+                })
             }),
         ];
         leaf.prop_recursive(3, 16, 3, |inner| {

@@ -14,7 +14,10 @@ pub struct Namespace {
 impl Namespace {
     /// A namespace from its parts, without validation (see [`Namespace::validate`]).
     pub fn new(db: impl Into<String>, coll: impl Into<String>) -> Namespace {
-        Namespace { db: db.into(), coll: coll.into() }
+        Namespace {
+            db: db.into(),
+            coll: coll.into(),
+        }
     }
 
     /// Splits `"db.coll"` at the first dot.
@@ -54,11 +57,19 @@ impl Namespace {
 
 /// MongoDB's rules for database names.
 pub fn validate_db_name(db: &str) -> Result<()> {
-    let invalid = || Error::new(ErrorCode::InvalidNamespace, format!("Invalid database name: '{db}'"));
+    let invalid = || {
+        Error::new(
+            ErrorCode::InvalidNamespace,
+            format!("Invalid database name: '{db}'"),
+        )
+    };
     if db.is_empty() || db.len() > DATABASE_NAME_LENGTH_MAX_BYTES {
         return Err(invalid());
     }
-    if db.chars().any(|c| matches!(c, '/' | '\\' | '.' | ' ' | '"' | '$' | '\0')) {
+    if db
+        .chars()
+        .any(|c| matches!(c, '/' | '\\' | '.' | ' ' | '"' | '$' | '\0'))
+    {
         return Err(invalid());
     }
     Ok(())

@@ -60,9 +60,7 @@ pub fn compare_values(left: &Bson, right: &Bson) -> Ordering {
             .then_with(|| l.bytes.cmp(&r.bytes)),
         (Bson::ObjectId(l), Bson::ObjectId(r)) => l.bytes().cmp(&r.bytes()),
         (Bson::Boolean(l), Bson::Boolean(r)) => l.cmp(r),
-        (Bson::DateTime(l), Bson::DateTime(r)) => {
-            l.timestamp_millis().cmp(&r.timestamp_millis())
-        }
+        (Bson::DateTime(l), Bson::DateTime(r)) => l.timestamp_millis().cmp(&r.timestamp_millis()),
         (Bson::Timestamp(l), Bson::Timestamp(r)) => {
             (l.time, l.increment).cmp(&(r.time, r.increment))
         }
@@ -71,7 +69,12 @@ pub fn compare_values(left: &Bson, right: &Bson) -> Ordering {
             .as_str()
             .as_bytes()
             .cmp(r.pattern.as_str().as_bytes())
-            .then_with(|| l.options.as_str().as_bytes().cmp(r.options.as_str().as_bytes())),
+            .then_with(|| {
+                l.options
+                    .as_str()
+                    .as_bytes()
+                    .cmp(r.options.as_str().as_bytes())
+            }),
         (Bson::DbPointer(_), Bson::DbPointer(_)) => {
             let (l, r) = (dbpointer_value_bytes(left), dbpointer_value_bytes(right));
             l.len().cmp(&r.len()).then_with(|| l.cmp(&r))
@@ -125,7 +128,11 @@ pub(crate) fn dbpointer_value_bytes(value: &Bson) -> Vec<u8> {
     let document = bson::doc! { "": value.clone() };
     let bytes = bson::serialize_to_vec(&document).unwrap_or_default();
     // 4 bytes length + type byte + empty key NUL ... + trailing NUL.
-    if bytes.len() < 7 { Vec::new() } else { bytes[6..bytes.len() - 1].to_vec() }
+    if bytes.len() < 7 {
+        Vec::new()
+    } else {
+        bytes[6..bytes.len() - 1].to_vec()
+    }
 }
 
 /// A BSON number, decoded for exact comparison.
@@ -139,8 +146,14 @@ pub enum Number {
 /// A decoded decimal128: `(-1)^negative * coefficient * 10^exponent`, or a special value.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Decimal {
-    Finite { negative: bool, coefficient: u128, exponent: i32 },
-    Infinity { negative: bool },
+    Finite {
+        negative: bool,
+        coefficient: u128,
+        exponent: i32,
+    },
+    Infinity {
+        negative: bool,
+    },
     NaN,
 }
 
@@ -170,7 +183,11 @@ impl Decimal {
             };
             (((high >> 49) & 0x3fff) as i32, coefficient)
         };
-        Decimal::Finite { negative, coefficient, exponent: exponent_bits - 6176 }
+        Decimal::Finite {
+            negative,
+            coefficient,
+            exponent: exponent_bits - 6176,
+        }
     }
 
     /// The nearest double.
@@ -184,8 +201,17 @@ impl Decimal {
                     f64::INFINITY
                 }
             }
-            Decimal::Finite { negative, coefficient, exponent } => {
-                let text = format!("{}{}e{}", if negative { "-" } else { "" }, coefficient, exponent);
+            Decimal::Finite {
+                negative,
+                coefficient,
+                exponent,
+            } => {
+                let text = format!(
+                    "{}{}e{}",
+                    if negative { "-" } else { "" },
+                    coefficient,
+                    exponent
+                );
                 text.parse::<f64>().unwrap_or(f64::NAN)
             }
         }
@@ -237,9 +263,11 @@ impl Number {
                 };
                 Some(Exact::from_parts(negative, mantissa as u128, 0, exponent2))
             }
-            Number::Decimal(Decimal::Finite { negative, coefficient, exponent }) => {
-                Some(Exact::from_parts(negative, coefficient, exponent, 0))
-            }
+            Number::Decimal(Decimal::Finite {
+                negative,
+                coefficient,
+                exponent,
+            }) => Some(Exact::from_parts(negative, coefficient, exponent, 0)),
             _ => None,
         }
     }
@@ -272,10 +300,18 @@ pub fn compare_numbers(left: &Number, right: &Number) -> Ordering {
         (Some(l), Some(r)) => l.cmp(&r),
         // A finite value that rounds to an infinity is still inside it.
         (Some(_), None) => {
-            if right_approx > 0.0 { Ordering::Less } else { Ordering::Greater }
+            if right_approx > 0.0 {
+                Ordering::Less
+            } else {
+                Ordering::Greater
+            }
         }
         (None, Some(_)) => {
-            if left_approx > 0.0 { Ordering::Greater } else { Ordering::Less }
+            if left_approx > 0.0 {
+                Ordering::Greater
+            } else {
+                Ordering::Less
+            }
         }
         // The same infinity.
         (None, None) => Ordering::Equal,
@@ -295,7 +331,12 @@ struct Exact {
 impl Exact {
     fn from_parts(negative: bool, magnitude: u128, exp10: i32, exp2: i32) -> Exact {
         // Zero has no sign.
-        Exact { negative: negative && magnitude != 0, magnitude, exp10, exp2 }
+        Exact {
+            negative: negative && magnitude != 0,
+            magnitude,
+            exp10,
+            exp2,
+        }
     }
 
     fn cmp(&self, other: &Exact) -> Ordering {
@@ -305,7 +346,11 @@ impl Exact {
             _ => {}
         }
         let magnitudes = compare_magnitudes(self, other);
-        if self.negative { magnitudes.reverse() } else { magnitudes }
+        if self.negative {
+            magnitudes.reverse()
+        } else {
+            magnitudes
+        }
     }
 }
 
@@ -464,7 +509,7 @@ impl Ord for BigUint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bson::{doc, oid::ObjectId, Decimal128};
+    use bson::{Decimal128, doc, oid::ObjectId};
 
     fn decimal(text: &str) -> Bson {
         Bson::Decimal128(text.parse::<Decimal128>().unwrap())
@@ -486,38 +531,79 @@ mod tests {
             Bson::Document(doc! {"a": 1}),
             Bson::Array(vec![]),
             Bson::Array(vec![Bson::Int32(1)]),
-            Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![9] }),
+            Bson::Binary(bson::Binary {
+                subtype: bson::spec::BinarySubtype::Generic,
+                bytes: vec![9],
+            }),
             Bson::ObjectId(ObjectId::from_bytes([0; 12])),
             Bson::Boolean(false),
             Bson::Boolean(true),
             Bson::DateTime(bson::DateTime::from_millis(-1)),
             Bson::DateTime(bson::DateTime::from_millis(0)),
-            Bson::Timestamp(bson::Timestamp { time: 1, increment: 0 }),
+            Bson::Timestamp(bson::Timestamp {
+                time: 1,
+                increment: 0,
+            }),
             Bson::MaxKey,
         ];
         for window in ascending.windows(2) {
-            assert_eq!(compare_values(&window[0], &window[1]), Ordering::Less, "{window:?}");
-            assert_eq!(compare_values(&window[1], &window[0]), Ordering::Greater, "{window:?}");
+            assert_eq!(
+                compare_values(&window[0], &window[1]),
+                Ordering::Less,
+                "{window:?}"
+            );
+            assert_eq!(
+                compare_values(&window[1], &window[0]),
+                Ordering::Greater,
+                "{window:?}"
+            );
         }
     }
 
     #[test]
     fn numbers_compare_by_value_across_types() {
-        assert_eq!(compare_values(&Bson::Int32(1), &Bson::Double(1.0)), Ordering::Equal);
-        assert_eq!(compare_values(&Bson::Int64(1), &decimal("1.00")), Ordering::Equal);
-        assert_eq!(compare_values(&Bson::Double(0.1), &decimal("0.1")), Ordering::Greater);
-        assert_eq!(compare_values(&Bson::Double(-0.0), &Bson::Int32(0)), Ordering::Equal);
+        assert_eq!(
+            compare_values(&Bson::Int32(1), &Bson::Double(1.0)),
+            Ordering::Equal
+        );
+        assert_eq!(
+            compare_values(&Bson::Int64(1), &decimal("1.00")),
+            Ordering::Equal
+        );
+        assert_eq!(
+            compare_values(&Bson::Double(0.1), &decimal("0.1")),
+            Ordering::Greater
+        );
+        assert_eq!(
+            compare_values(&Bson::Double(-0.0), &Bson::Int32(0)),
+            Ordering::Equal
+        );
         // 2^53 + 1 is not a double: it is above the double 2^53 it rounds to.
         let big = (1i64 << 53) + 1;
         assert_eq!(
             compare_values(&Bson::Int64(big), &Bson::Double((1u64 << 53) as f64)),
             Ordering::Greater
         );
-        assert_eq!(compare_values(&Bson::Int64(i64::MAX), &Bson::Double(9.3e18)), Ordering::Less);
-        assert_eq!(compare_values(&Bson::Double(f64::NAN), &decimal("NaN")), Ordering::Equal);
-        assert_eq!(compare_values(&decimal("-Infinity"), &Bson::Double(f64::MIN)), Ordering::Less);
-        assert_eq!(compare_values(&decimal("1E+400"), &Bson::Double(f64::MAX)), Ordering::Greater);
-        assert_eq!(compare_values(&decimal("1E+400"), &Bson::Double(f64::INFINITY)), Ordering::Less);
+        assert_eq!(
+            compare_values(&Bson::Int64(i64::MAX), &Bson::Double(9.3e18)),
+            Ordering::Less
+        );
+        assert_eq!(
+            compare_values(&Bson::Double(f64::NAN), &decimal("NaN")),
+            Ordering::Equal
+        );
+        assert_eq!(
+            compare_values(&decimal("-Infinity"), &Bson::Double(f64::MIN)),
+            Ordering::Less
+        );
+        assert_eq!(
+            compare_values(&decimal("1E+400"), &Bson::Double(f64::MAX)),
+            Ordering::Greater
+        );
+        assert_eq!(
+            compare_values(&decimal("1E+400"), &Bson::Double(f64::INFINITY)),
+            Ordering::Less
+        );
     }
 
     #[test]
@@ -527,16 +613,29 @@ mod tests {
             compare_documents(&doc! {"b": 1}, &doc! {"a": "x"}),
             Ordering::Less
         );
-        assert_eq!(compare_documents(&doc! {"a": 1}, &doc! {"b": 1}), Ordering::Less);
-        assert_eq!(compare_documents(&doc! {"a": 1}, &doc! {"a": 1, "b": 0}), Ordering::Less);
-        assert_eq!(compare_documents(&doc! {"a": 2}, &doc! {"a": 1, "b": 0}), Ordering::Greater);
+        assert_eq!(
+            compare_documents(&doc! {"a": 1}, &doc! {"b": 1}),
+            Ordering::Less
+        );
+        assert_eq!(
+            compare_documents(&doc! {"a": 1}, &doc! {"a": 1, "b": 0}),
+            Ordering::Less
+        );
+        assert_eq!(
+            compare_documents(&doc! {"a": 2}, &doc! {"a": 1, "b": 0}),
+            Ordering::Greater
+        );
     }
 
     #[test]
     fn decimal_decoding() {
         assert_eq!(
             Decimal::decode(&"12.5".parse().unwrap()),
-            Decimal::Finite { negative: false, coefficient: 125, exponent: -1 }
+            Decimal::Finite {
+                negative: false,
+                coefficient: 125,
+                exponent: -1
+            }
         );
         assert_eq!(
             Decimal::decode(&"-Infinity".parse().unwrap()),

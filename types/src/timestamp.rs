@@ -19,7 +19,10 @@ impl Timestamp {
     /// The null timestamp: before every commit.
     pub const ZERO: Timestamp = Timestamp { secs: 0, inc: 0 };
     /// The largest timestamp.
-    pub const MAX: Timestamp = Timestamp { secs: u32::MAX, inc: u32::MAX };
+    pub const MAX: Timestamp = Timestamp {
+        secs: u32::MAX,
+        inc: u32::MAX,
+    };
 
     pub const fn new(secs: u32, inc: u32) -> Timestamp {
         Timestamp { secs, inc }
@@ -31,7 +34,10 @@ impl Timestamp {
     }
 
     pub const fn from_u64(value: u64) -> Timestamp {
-        Timestamp { secs: (value >> 32) as u32, inc: value as u32 }
+        Timestamp {
+            secs: (value >> 32) as u32,
+            inc: value as u32,
+        }
     }
 
     pub const fn is_null(self) -> bool {
@@ -74,13 +80,19 @@ impl fmt::Display for Timestamp {
 
 impl From<bson::Timestamp> for Timestamp {
     fn from(value: bson::Timestamp) -> Timestamp {
-        Timestamp { secs: value.time, inc: value.increment }
+        Timestamp {
+            secs: value.time,
+            inc: value.increment,
+        }
     }
 }
 
 impl From<Timestamp> for bson::Timestamp {
     fn from(value: Timestamp) -> bson::Timestamp {
-        bson::Timestamp { time: value.secs, increment: value.inc }
+        bson::Timestamp {
+            time: value.secs,
+            increment: value.inc,
+        }
     }
 }
 
@@ -100,7 +112,10 @@ pub struct OpTime {
 }
 
 impl OpTime {
-    pub const NULL: OpTime = OpTime { ts: Timestamp::ZERO, term: -1 };
+    pub const NULL: OpTime = OpTime {
+        ts: Timestamp::ZERO,
+        term: -1,
+    };
 
     pub const fn new(ts: Timestamp, term: i64) -> OpTime {
         OpTime { ts, term }

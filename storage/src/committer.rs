@@ -1,0 +1,929 @@
+//! The committer: the only writer of redb.
+//!
+//! It takes queued jobs in order. Consecutive commits form one batch and one redb write
+//! transaction (group commit): timestamps are assigned in queue order, every write moves the
+//! version it replaces into history and is logged in the write log, oplog entries are stamped
+//! and stored, and the batch commits durably when any member asked for `j: true` (or
+//! `commit_interval_ms` has passed since the last durable commit), else non-durably. Only after
+//! the redb commit succeeds does the batch become visible: catalog mirror first, then the
+//! visible timestamp, then the key claims are released and the committers told.
+//!
+//! Invariants (asserted): commit timestamps strictly increase; a new version's timestamp is
+//! greater than the version it replaces; undo in `recover_to_stable` finds each logged version
+//! still current.
+
+use crate::catalog::CollectionMeta;
+use crate::completion::Completion;
+use crate::engine::{Inner, storage_error};
+use crate::format::{
+    self, DROP_PENDING, META, OPLOG, WRITELOG, decode_version, decode_writelog_key,
+    drop_pending_key, history_key, writelog_key,
+};
+use crate::keylocks::{KeyId, OwnerId};
+use crate::stats::Counters;
+use crate::write::{CommitInfo, Durability};
+use bson::Document;
+use cairn_types::{Error, ErrorCode, Namespace, Timestamp};
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// One staged write: `value` `None` is a delete.
+#[derive(Debug)]
+pub(crate) struct StagedWrite {
+    pub ident: u64,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+    pub slot: u32,
+}
+
+/// A unit of work on its way to disk.
+pub(crate) struct CommitRequest {
+    pub owner: OwnerId,
+    pub writes: Vec<StagedWrite>,
+    pub oplog: Vec<Document>,
+    pub slot_count: u32,
+    pub explicit_timestamps: Option<Vec<Timestamp>>,
+    pub durability: Durability,
+    pub claimed: Vec<KeyId>,
+    pub catalog_changes: Vec<(Namespace, Option<Arc<CollectionMeta>>, u32)>,
+    pub drop_idents: Vec<(u64, u32)>,
+    pub max_ident: u64,
+    pub done: Arc<Completion<Result<CommitInfo, Error>>>,
+}
+
+/// Work for the committer.
+pub(crate) enum Job {
+    Commit(CommitRequest),
+    Flush(Arc<Completion<Result<Timestamp, Error>>>),
+    Checkpoint {
+        clean_shutdown: bool,
+        done: Arc<Completion<Result<Timestamp, Error>>>,
+    },
+    CollectGarbage(Arc<Completion<Result<usize, Error>>>),
+    RecoverToStable(Arc<Completion<Result<Timestamp, Error>>>),
+    TruncateOplogAfter(Timestamp, Arc<Completion<Result<u64, Error>>>),
+}
+
+impl Job {
+    /// Fails the job without running it.
+    pub(crate) fn fail(self, error: Error) {
+        match self {
+            Job::Commit(request) => request.done.complete(Err(error)),
+            Job::Flush(done) | Job::Checkpoint { done, .. } | Job::RecoverToStable(done) => {
+                done.complete(Err(error))
+            }
+            Job::CollectGarbage(done) => done.complete(Err(error)),
+            Job::TruncateOplogAfter(_, done) => done.complete(Err(error)),
+        }
+    }
+}
+
+/// The committer thread's loop.
+pub(crate) fn run(inner: Arc<Inner>) {
+    let tick = Duration::from_millis(
+        inner
+            .config
+            .commit_interval_ms
+            .min(inner.config.gc_interval_ms)
+            .max(1),
+    );
+    loop {
+        let jobs = {
+            let mut queue = inner.queue.lock();
+            if queue.jobs.is_empty() && !queue.shutdown {
+                inner.queue_signal.wait_for(&mut queue, tick);
+            }
+            if queue.jobs.is_empty() && queue.shutdown {
+                break;
+            }
+            let mut jobs = Vec::new();
+            while let Some(job) = queue.jobs.front() {
+                let is_commit = matches!(job, Job::Commit(_));
+                if !jobs.is_empty()
+                    && (!is_commit || jobs.len() >= inner.config.commit_batch_requests_max)
+                {
+                    break;
+                }
+                jobs.push(queue.jobs.pop_front().expect("front exists"));
+                if !is_commit {
+                    break;
+                }
+            }
+            jobs
+        };
+        let writer = inner.writer.lock();
+        if !jobs.is_empty() {
+            process(&inner, jobs);
+        }
+        periodic(&inner);
+        drop(writer);
+    }
+}
+
+/// Processes jobs: a run of commits as one batch, or one other job. The caller holds the
+/// writer mutex.
+pub(crate) fn process(inner: &Inner, jobs: Vec<Job>) {
+    let mut commits = Vec::new();
+    for job in jobs {
+        match job {
+            Job::Commit(request) => commits.push(request),
+            other => {
+                if !commits.is_empty() {
+                    commit_batch(inner, std::mem::take(&mut commits));
+                }
+                run_job(inner, other);
+            }
+        }
+    }
+    if !commits.is_empty() {
+        commit_batch(inner, commits);
+    }
+}
+
+fn run_job(inner: &Inner, job: Job) {
+    match job {
+        Job::Commit(_) => unreachable!("commits are batched"),
+        Job::Flush(done) => done.complete(durable_marker(inner, None)),
+        Job::Checkpoint {
+            clean_shutdown,
+            done,
+        } => done.complete(durable_marker(inner, Some(clean_shutdown))),
+        Job::CollectGarbage(done) => done.complete(collect_garbage(inner)),
+        Job::RecoverToStable(done) => done.complete(recover_to_stable(inner)),
+        Job::TruncateOplogAfter(ts, done) => done.complete(truncate_oplog_after(inner, ts)),
+    }
+}
+
+/// The periodic work that is due: journal flush, garbage collection, checkpoint.
+pub(crate) fn periodic(inner: &Inner) {
+    if inner.failure.lock().is_some() {
+        return;
+    }
+    let now = inner.clock.monotonic();
+    let state = *inner.timestamps.lock();
+    if state.dirty
+        && now.saturating_sub(state.last_durable_at)
+            >= Duration::from_millis(inner.config.commit_interval_ms)
+    {
+        if let Err(error) = durable_marker(inner, None) {
+            tracing::error!(%error, "journal flush failed");
+        }
+    }
+    if now.saturating_sub(state.last_gc_at) >= Duration::from_millis(inner.config.gc_interval_ms) {
+        if let Err(error) = collect_garbage(inner) {
+            tracing::error!(%error, "garbage collection failed");
+        }
+    }
+    if now.saturating_sub(state.last_checkpoint_at)
+        >= Duration::from_secs(inner.config.checkpoint_interval_secs)
+    {
+        if let Err(error) = durable_marker(inner, Some(false)) {
+            tracing::error!(%error, "checkpoint failed");
+        }
+    }
+}
+
+fn next_timestamp(last: Timestamp, wall_secs: u32) -> Timestamp {
+    if wall_secs > last.secs {
+        Timestamp::new(wall_secs, 1)
+    } else {
+        last.successor()
+    }
+}
+
+type RawTable<'txn> = redb::Table<'txn, &'static [u8], &'static [u8]>;
+
+/// The redb tables one write transaction touches, opened once each.
+struct BatchTables<'txn> {
+    txn: &'txn WriteTransaction,
+    current: HashMap<u64, RawTable<'txn>>,
+    history: HashMap<u64, RawTable<'txn>>,
+}
+
+fn open_raw<'txn>(txn: &'txn WriteTransaction, name: &str) -> Result<RawTable<'txn>, Error> {
+    txn.open_table(TableDefinition::<&[u8], &[u8]>::new(name))
+        .map_err(|error| storage_error("opening a table", error))
+}
+
+impl<'txn> BatchTables<'txn> {
+    fn new(txn: &'txn WriteTransaction) -> BatchTables<'txn> {
+        BatchTables {
+            txn,
+            current: HashMap::new(),
+            history: HashMap::new(),
+        }
+    }
+
+    fn current(&mut self, ident: u64) -> Result<&mut RawTable<'txn>, Error> {
+        if !self.current.contains_key(&ident) {
+            let table = open_raw(self.txn, &format::current_table_name(ident))?;
+            self.current.insert(ident, table);
+        }
+        Ok(self.current.get_mut(&ident).expect("just inserted"))
+    }
+
+    fn history(&mut self, ident: u64) -> Result<&mut RawTable<'txn>, Error> {
+        if !self.history.contains_key(&ident) {
+            let table = open_raw(self.txn, &format::history_table_name(ident))?;
+            self.history.insert(ident, table);
+        }
+        Ok(self.history.get_mut(&ident).expect("just inserted"))
+    }
+}
+
+/// Writes one version: the replaced version moves to history, the write is logged. Returns
+/// whether a history version was written.
+fn apply_write(
+    tables: &mut BatchTables<'_>,
+    writelog: &mut redb::Table<'_, &'static [u8], ()>,
+    ident: u64,
+    key: &[u8],
+    value: Option<&[u8]>,
+    ts: Timestamp,
+) -> Result<bool, Error> {
+    let replaced = tables
+        .current(ident)?
+        .get(key)
+        .map_err(|error| storage_error("reading", error))?
+        .map(|guard| guard.value().to_vec());
+    let had_history = match &replaced {
+        Some(old) => {
+            let old_ts = decode_version(old).ts;
+            assert!(
+                old_ts < ts,
+                "new version {ts} is not newer than the version {old_ts} it replaces"
+            );
+            tables
+                .history(ident)?
+                .insert(history_key(key, ts).as_slice(), old.as_slice())
+                .map_err(|error| storage_error("writing history", error))?;
+            true
+        }
+        None => {
+            // The history table exists whenever the current one does.
+            tables.history(ident)?;
+            false
+        }
+    };
+    if replaced.is_none() && value.is_none() {
+        // Deleting a key that never existed leaves nothing to version.
+        return Ok(false);
+    }
+    tables
+        .current(ident)?
+        .insert(key, format::encode_version(ts, value).as_slice())
+        .map_err(|error| storage_error("writing", error))?;
+    writelog
+        .insert(writelog_key(ts, ident, key).as_slice(), ())
+        .map_err(|error| storage_error("writing the write log", error))?;
+    Ok(had_history)
+}
+
+fn put_meta(
+    meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    name: &str,
+    value: u64,
+) -> Result<(), Error> {
+    meta.insert(name, &value.to_be_bytes()[..])
+        .map_err(|error| storage_error("writing metadata", error))?;
+    Ok(())
+}
+
+fn begin(inner: &Inner, durable: bool) -> Result<WriteTransaction, Error> {
+    let mut txn = inner
+        .db
+        .begin_write()
+        .map_err(|error| storage_error("beginning a commit", error))?;
+    txn.set_durability(if durable {
+        redb::Durability::Immediate
+    } else {
+        redb::Durability::None
+    })
+    .map_err(|error| storage_error("beginning a commit", error))?;
+    Ok(txn)
+}
+
+fn record_failure(inner: &Inner, error: &Error) {
+    tracing::error!(%error, "commit failed: the storage engine stops accepting writes");
+    let mut failure = inner.failure.lock();
+    if failure.is_none() {
+        *failure = Some(error.clone());
+    }
+}
+
+struct BatchOutcome {
+    last: Timestamp,
+    stamps: Vec<Vec<Timestamp>>,
+    oplog_bytes: u64,
+    histories: u64,
+    versions: u64,
+    oplog_entries: u64,
+}
+
+/// Commits a run of requests. Requests with explicit timestamps (a secondary applying) and
+/// requests with assigned ones go in separate redb transactions, so that explicit timestamps can
+/// be checked exactly before anything is applied.
+fn commit_batch(inner: &Inner, batch: Vec<CommitRequest>) {
+    let mut group: Vec<CommitRequest> = Vec::new();
+    for request in batch {
+        let explicit = request.explicit_timestamps.is_some();
+        if group
+            .first()
+            .is_some_and(|first| first.explicit_timestamps.is_some() != explicit)
+        {
+            commit_group(inner, std::mem::take(&mut group));
+        }
+        group.push(request);
+    }
+    if !group.is_empty() {
+        commit_group(inner, group);
+    }
+}
+
+fn commit_group(inner: &Inner, mut batch: Vec<CommitRequest>) {
+    if let Some(error) = inner.failure.lock().clone() {
+        for request in batch {
+            release(inner, &request, None);
+            request.done.complete(Err(error.clone()));
+        }
+        return;
+    }
+    let state = *inner.timestamps.lock();
+    // Requests with explicit timestamps that are not after the newest commit fail alone.
+    let mut last = state.last_assigned;
+    batch.retain(|request| {
+        if let Some(timestamps) = &request.explicit_timestamps {
+            if timestamps[0] <= last {
+                release(inner, request, None);
+                request.done.complete(Err(Error::new(
+                    ErrorCode::OplogOutOfOrder,
+                    format!(
+                        "commit timestamp {} is not after the newest commit {last}",
+                        timestamps[0]
+                    ),
+                )));
+                return false;
+            }
+            last = *timestamps.last().expect("at least one timestamp");
+        }
+        true
+    });
+    if batch.is_empty() {
+        return;
+    }
+    let now = inner.clock.monotonic();
+    let durable = batch
+        .iter()
+        .any(|request| request.durability == Durability::Journaled)
+        || now.saturating_sub(state.last_durable_at)
+            >= Duration::from_millis(inner.config.commit_interval_ms);
+    let outcome = apply_batch(inner, &batch, &state, durable);
+    match outcome {
+        Ok(outcome) => {
+            {
+                let mut catalog = inner.catalog.write();
+                for (request, stamps) in batch.iter().zip(&outcome.stamps) {
+                    for (ns, meta, slot) in &request.catalog_changes {
+                        catalog.apply(ns, stamps[*slot as usize], meta.clone());
+                    }
+                }
+            }
+            {
+                let mut timestamps = inner.timestamps.lock();
+                assert!(
+                    outcome.last > timestamps.last_assigned,
+                    "commit timestamps must increase"
+                );
+                timestamps.last_assigned = outcome.last;
+                if timestamps.stable_follows_newest {
+                    timestamps.stable = outcome.last;
+                }
+                timestamps.oplog_bytes = outcome.oplog_bytes;
+                if durable {
+                    timestamps.durable = outcome.last;
+                    timestamps.last_durable_at = now;
+                    timestamps.dirty = false;
+                } else {
+                    timestamps.dirty = true;
+                }
+                let previous = inner.visible.swap(outcome.last.as_u64(), Ordering::AcqRel);
+                assert!(
+                    previous < outcome.last.as_u64(),
+                    "the visible timestamp must increase"
+                );
+            }
+            let counters = &inner.counters;
+            Counters::add(&counters.commits, batch.len() as u64);
+            Counters::add(&counters.commit_batches, 1);
+            if durable {
+                Counters::add(&counters.durable_commits, 1);
+            }
+            Counters::add(&counters.versions_written, outcome.versions);
+            Counters::add(&counters.history_versions_written, outcome.histories);
+            Counters::add(&counters.oplog_entries_written, outcome.oplog_entries);
+            counters
+                .largest_batch
+                .fetch_max(batch.len() as u64, Ordering::Relaxed);
+            let oldest_pin = inner.pins.oldest_pinned().unwrap_or(Timestamp::MAX);
+            for (request, stamps) in batch.into_iter().zip(outcome.stamps) {
+                let last_ts = *stamps.last().expect("at least one timestamp");
+                inner
+                    .keylocks
+                    .release(&request.claimed, request.owner, Some(last_ts), oldest_pin);
+                request.done.complete(Ok(CommitInfo {
+                    first_ts: stamps[0],
+                    last_ts,
+                    durable,
+                }));
+            }
+        }
+        Err(error) => {
+            record_failure(inner, &error);
+            for request in batch {
+                release(inner, &request, None);
+                request.done.complete(Err(error.clone()));
+            }
+        }
+    }
+}
+
+fn release(inner: &Inner, request: &CommitRequest, committed_at: Option<Timestamp>) {
+    inner.keylocks.release(
+        &request.claimed,
+        request.owner,
+        committed_at,
+        Timestamp::ZERO,
+    );
+}
+
+fn apply_batch(
+    inner: &Inner,
+    batch: &[CommitRequest],
+    state: &crate::engine::TimestampState,
+    durable: bool,
+) -> Result<BatchOutcome, Error> {
+    let txn = begin(inner, durable)?;
+    let wall_secs = inner.clock.wall_secs();
+    let mut last = state.last_assigned;
+    let mut stamps = Vec::with_capacity(batch.len());
+    let mut oplog_bytes = state.oplog_bytes;
+    let (mut histories, mut versions, mut oplog_entries) = (0u64, 0u64, 0u64);
+    let mut max_ident = 0;
+    {
+        let mut tables = BatchTables::new(&txn);
+        let mut writelog = txn
+            .open_table(WRITELOG)
+            .map_err(|error| storage_error("opening the write log", error))?;
+        let mut oplog = txn
+            .open_table(OPLOG)
+            .map_err(|error| storage_error("opening the oplog", error))?;
+        let mut drop_pending = txn
+            .open_table(DROP_PENDING)
+            .map_err(|error| storage_error("opening drop-pending", error))?;
+        for request in batch {
+            let request_stamps: Vec<Timestamp> = match &request.explicit_timestamps {
+                Some(timestamps) => {
+                    assert!(timestamps[0] > last, "explicit timestamps were checked");
+                    timestamps.clone()
+                }
+                None => (0..request.slot_count)
+                    .map(|_| {
+                        last = next_timestamp(last, wall_secs);
+                        last
+                    })
+                    .collect(),
+            };
+            last = *request_stamps.last().expect("at least one slot");
+            for write in &request.writes {
+                let ts = request_stamps[write.slot as usize];
+                if apply_write(
+                    &mut tables,
+                    &mut writelog,
+                    write.ident,
+                    &write.key,
+                    write.value.as_deref(),
+                    ts,
+                )? {
+                    histories += 1;
+                }
+                versions += 1;
+            }
+            for (index, entry) in request.oplog.iter().enumerate() {
+                let ts = request_stamps[index];
+                let mut entry = entry.clone();
+                entry.insert("ts", bson::Bson::from(ts));
+                let bytes = bson::serialize_to_vec(&entry).map_err(|error| {
+                    Error::new(ErrorCode::BadValue, format!("oplog entry: {error}"))
+                })?;
+                oplog_bytes += bytes.len() as u64;
+                oplog
+                    .insert(ts.as_u64(), bytes.as_slice())
+                    .map_err(|error| storage_error("writing the oplog", error))?;
+                oplog_entries += 1;
+            }
+            for (ident, slot) in &request.drop_idents {
+                drop_pending
+                    .insert(
+                        &drop_pending_key(request_stamps[*slot as usize], *ident)[..],
+                        (),
+                    )
+                    .map_err(|error| storage_error("writing drop-pending", error))?;
+            }
+            max_ident = max_ident.max(request.max_ident);
+            stamps.push(request_stamps);
+        }
+        let mut meta = txn
+            .open_table(META)
+            .map_err(|error| storage_error("opening metadata", error))?;
+        put_meta(&mut meta, format::META_LAST_TS, last.as_u64())?;
+        if state.stable_follows_newest {
+            put_meta(&mut meta, format::META_STABLE_TS, last.as_u64())?;
+        } else {
+            put_meta(&mut meta, format::META_STABLE_TS, state.stable.as_u64())?;
+        }
+        put_meta(&mut meta, format::META_OPLOG_BYTES, oplog_bytes)?;
+        let next_ident = inner.next_ident.load(Ordering::Relaxed).max(max_ident + 1);
+        put_meta(&mut meta, format::META_NEXT_IDENT, next_ident)?;
+    }
+    txn.commit()
+        .map_err(|error| storage_error("committing", error))?;
+    Ok(BatchOutcome {
+        last,
+        stamps,
+        oplog_bytes,
+        histories,
+        versions,
+        oplog_entries,
+    })
+}
+
+/// A durable commit that records timestamps: a journal flush (`checkpoint: None`) or a
+/// checkpoint (records the stable timestamp as the checkpoint timestamp, and whether this is a
+/// clean shutdown).
+fn durable_marker(inner: &Inner, checkpoint: Option<bool>) -> Result<Timestamp, Error> {
+    if let Some(error) = inner.failure.lock().clone() {
+        return Err(error);
+    }
+    let state = *inner.timestamps.lock();
+    let txn = begin(inner, true)?;
+    {
+        let mut meta = txn
+            .open_table(META)
+            .map_err(|error| storage_error("opening metadata", error))?;
+        put_meta(&mut meta, format::META_STABLE_TS, state.stable.as_u64())?;
+        put_meta(&mut meta, format::META_OLDEST_TS, state.oldest.as_u64())?;
+        if let Some(clean) = checkpoint {
+            put_meta(&mut meta, format::META_CHECKPOINT_TS, state.stable.as_u64())?;
+            put_meta(&mut meta, format::META_CLEAN_SHUTDOWN, u64::from(clean))?;
+        }
+    }
+    if let Err(error) = txn.commit() {
+        let error = storage_error("durable commit", error);
+        record_failure(inner, &error);
+        return Err(error);
+    }
+    let now = inner.clock.monotonic();
+    let mut timestamps = inner.timestamps.lock();
+    timestamps.durable = state.last_assigned;
+    timestamps.last_durable_at = now;
+    timestamps.dirty = false;
+    Counters::add(&inner.counters.durable_commits, 1);
+    if checkpoint.is_some() {
+        timestamps.checkpoint = state.stable;
+        timestamps.last_checkpoint_at = now;
+        Counters::add(&inner.counters.checkpoints, 1);
+    }
+    Ok(state.last_assigned)
+}
+
+/// One bounded garbage-collection pass: advances the oldest timestamp, removes history that no
+/// reader at or after it can see, tombstones that are the last version of their key, tables
+/// dropped before it, and oplog entries beyond the cap.
+fn collect_garbage(inner: &Inner) -> Result<usize, Error> {
+    let state = *inner.timestamps.lock();
+    let window_start = Timestamp::new(
+        inner
+            .clock
+            .wall_secs()
+            .saturating_sub(inner.config.history_window_secs),
+        0,
+    );
+    let oldest = inner.pins.advance_horizon(window_start.min(state.stable));
+    let limit = inner.config.gc_batch_entries_max;
+    let txn = begin(inner, false)?;
+    let mut collected = 0usize;
+    let mut oplog_bytes = state.oplog_bytes;
+    let mut truncated = 0u64;
+    let mut changed = false;
+    {
+        let mut writelog = txn
+            .open_table(WRITELOG)
+            .map_err(|error| storage_error("opening the write log", error))?;
+        let upper = writelog_key(oldest.successor(), 0, &[]);
+        let entries: Vec<Vec<u8>> = writelog
+            .range::<&[u8]>(..upper.as_slice())
+            .map_err(|error| storage_error("scanning the write log", error))?
+            .take(limit)
+            .map(|entry| entry.map(|(key, _)| key.value().to_vec()))
+            .collect::<Result<_, _>>()
+            .map_err(|error| storage_error("scanning the write log", error))?;
+        let mut tables = BatchTables::new(&txn);
+        for entry in &entries {
+            let (ts, ident, key) = decode_writelog_key(entry);
+            assert!(
+                ts <= oldest,
+                "collecting a write newer than the oldest timestamp"
+            );
+            tables
+                .history(ident)?
+                .remove(history_key(key, ts).as_slice())
+                .map_err(|error| storage_error("collecting history", error))?;
+            let current = tables.current(ident)?;
+            let last_is_tombstone_at_ts = current
+                .get(key)
+                .map_err(|error| storage_error("collecting", error))?
+                .map(|guard| {
+                    let version = decode_version(guard.value());
+                    version.ts == ts && version.payload.is_none()
+                })
+                .unwrap_or(false);
+            if last_is_tombstone_at_ts {
+                current
+                    .remove(key)
+                    .map_err(|error| storage_error("collecting", error))?;
+            }
+            writelog
+                .remove(entry.as_slice())
+                .map_err(|error| storage_error("collecting", error))?;
+            collected += 1;
+        }
+        drop(tables);
+        // Dropped tables go once the write log has been collected past their drop.
+        let first_remaining = writelog
+            .first()
+            .map_err(|error| storage_error("scanning the write log", error))?
+            .map(|(key, _)| decode_writelog_key(key.value()).0);
+        let mut drop_pending = txn
+            .open_table(DROP_PENDING)
+            .map_err(|error| storage_error("opening drop-pending", error))?;
+        let due: Vec<Vec<u8>> = drop_pending
+            .iter()
+            .map_err(|error| storage_error("scanning drop-pending", error))?
+            .map(|entry| entry.map(|(key, _)| key.value().to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| storage_error("scanning drop-pending", error))?
+            .into_iter()
+            .filter(|key| {
+                let dropped_at = Timestamp::from_be_bytes(key[..8].try_into().expect("8 bytes"));
+                dropped_at <= oldest && first_remaining.is_none_or(|first| first > dropped_at)
+            })
+            .collect();
+        for key in &due {
+            let ident = u64::from_be_bytes(key[8..16].try_into().expect("8 bytes"));
+            for name in [
+                format::current_table_name(ident),
+                format::history_table_name(ident),
+            ] {
+                txn.delete_table(TableDefinition::<&[u8], &[u8]>::new(&name))
+                    .map_err(|error| storage_error("deleting a dropped table", error))?;
+            }
+            drop_pending
+                .remove(key.as_slice())
+                .map_err(|error| storage_error("drop-pending", error))?;
+        }
+        // The oplog cap: remove the oldest entries, never one at or after the stable timestamp.
+        let mut oplog = txn
+            .open_table(OPLOG)
+            .map_err(|error| storage_error("opening the oplog", error))?;
+        while oplog_bytes > inner.oplog_cap_bytes && (truncated as usize) < limit {
+            let Some((ts, length)) = oplog
+                .first()
+                .map_err(|error| storage_error("reading the oplog", error))?
+                .map(|(key, value)| (key.value(), value.value().len() as u64))
+            else {
+                break;
+            };
+            if Timestamp::from_u64(ts) >= state.stable {
+                break;
+            }
+            oplog
+                .remove(ts)
+                .map_err(|error| storage_error("truncating the oplog", error))?;
+            oplog_bytes -= length;
+            truncated += 1;
+        }
+        if collected > 0 || !due.is_empty() || truncated > 0 {
+            let mut meta = txn
+                .open_table(META)
+                .map_err(|error| storage_error("opening metadata", error))?;
+            put_meta(&mut meta, format::META_OLDEST_TS, oldest.as_u64())?;
+            put_meta(&mut meta, format::META_OPLOG_BYTES, oplog_bytes)?;
+            changed = true;
+        }
+    }
+    if changed {
+        txn.commit()
+            .map_err(|error| storage_error("committing garbage collection", error))?;
+    } else {
+        txn.abort()
+            .map_err(|error| storage_error("garbage collection", error))?;
+    }
+    inner.catalog.write().prune(oldest);
+    inner
+        .keylocks
+        .sweep(inner.pins.oldest_pinned().unwrap_or(Timestamp::MAX));
+    {
+        let mut timestamps = inner.timestamps.lock();
+        timestamps.oldest = oldest;
+        timestamps.oplog_bytes = oplog_bytes;
+        timestamps.last_gc_at = inner.clock.monotonic();
+        timestamps.dirty |= changed;
+    }
+    Counters::add(&inner.counters.gc_passes, 1);
+    Counters::add(&inner.counters.gc_entries, collected as u64);
+    Counters::add(&inner.counters.oplog_entries_truncated, truncated);
+    Ok(collected)
+}
+
+/// Undoes every write after the stable timestamp.
+fn recover_to_stable(inner: &Inner) -> Result<Timestamp, Error> {
+    let state = *inner.timestamps.lock();
+    let stable = state.stable;
+    if let Some(pinned) = inner.pins.newest_pinned() {
+        if pinned > stable {
+            return Err(Error::new(
+                ErrorCode::ConflictingOperationInProgress,
+                format!("a snapshot at {pinned} is open above the stable timestamp {stable}"),
+            ));
+        }
+    }
+    let txn = begin(inner, true)?;
+    let mut oplog_bytes = state.oplog_bytes;
+    let mut undone = 0u64;
+    {
+        let mut writelog = txn
+            .open_table(WRITELOG)
+            .map_err(|error| storage_error("opening the write log", error))?;
+        let lower = writelog_key(stable.successor(), 0, &[]);
+        let entries: Vec<Vec<u8>> = writelog
+            .range::<&[u8]>(lower.as_slice()..)
+            .map_err(|error| storage_error("scanning the write log", error))?
+            .map(|entry| entry.map(|(key, _)| key.value().to_vec()))
+            .collect::<Result<_, _>>()
+            .map_err(|error| storage_error("scanning the write log", error))?;
+        let mut tables = BatchTables::new(&txn);
+        for entry in entries.iter().rev() {
+            let (ts, ident, key) = decode_writelog_key(entry);
+            let restored = tables
+                .history(ident)?
+                .remove(history_key(key, ts).as_slice())
+                .map_err(|error| storage_error("undoing", error))?
+                .map(|guard| guard.value().to_vec());
+            let current = tables.current(ident)?;
+            let current_ts = current
+                .get(key)
+                .map_err(|error| storage_error("undoing", error))?
+                .map(|guard| decode_version(guard.value()).ts);
+            assert_eq!(
+                current_ts,
+                Some(ts),
+                "the logged version must still be current when undone"
+            );
+            match restored {
+                Some(previous) => {
+                    current
+                        .insert(key, previous.as_slice())
+                        .map_err(|error| storage_error("undoing", error))?;
+                }
+                None => {
+                    current
+                        .remove(key)
+                        .map_err(|error| storage_error("undoing", error))?;
+                }
+            }
+            writelog
+                .remove(entry.as_slice())
+                .map_err(|error| storage_error("undoing", error))?;
+            undone += 1;
+        }
+        drop(tables);
+        let mut oplog = txn
+            .open_table(OPLOG)
+            .map_err(|error| storage_error("opening the oplog", error))?;
+        let removed: Vec<(u64, u64)> = oplog
+            .range(stable.successor().as_u64()..)
+            .map_err(|error| storage_error("scanning the oplog", error))?
+            .map(|entry| entry.map(|(key, value)| (key.value(), value.value().len() as u64)))
+            .collect::<Result<_, _>>()
+            .map_err(|error| storage_error("scanning the oplog", error))?;
+        for (ts, length) in removed {
+            oplog
+                .remove(ts)
+                .map_err(|error| storage_error("truncating the oplog", error))?;
+            oplog_bytes -= length;
+        }
+        let mut drop_pending = txn
+            .open_table(DROP_PENDING)
+            .map_err(|error| storage_error("opening drop-pending", error))?;
+        let lower = drop_pending_key(stable.successor(), 0);
+        let undone_drops: Vec<Vec<u8>> = drop_pending
+            .range::<&[u8]>(&lower[..]..)
+            .map_err(|error| storage_error("scanning drop-pending", error))?
+            .map(|entry| entry.map(|(key, _)| key.value().to_vec()))
+            .collect::<Result<_, _>>()
+            .map_err(|error| storage_error("scanning drop-pending", error))?;
+        for key in undone_drops {
+            drop_pending
+                .remove(key.as_slice())
+                .map_err(|error| storage_error("undoing", error))?;
+        }
+        let mut meta = txn
+            .open_table(META)
+            .map_err(|error| storage_error("opening metadata", error))?;
+        put_meta(&mut meta, format::META_LAST_TS, stable.as_u64())?;
+        put_meta(&mut meta, format::META_STABLE_TS, stable.as_u64())?;
+        put_meta(&mut meta, format::META_OPLOG_BYTES, oplog_bytes)?;
+    }
+    txn.commit()
+        .map_err(|error| storage_error("committing the recovery", error))?;
+
+    // Tables of collections created after the stable timestamp are now empty and no longer
+    // referenced by any catalog version.
+    let mut catalog = inner.catalog.write();
+    let referenced_before = catalog.referenced_idents();
+    *catalog = crate::engine::load_catalog(&inner.db)?;
+    let referenced_after = catalog.referenced_idents();
+    let orphaned: Vec<u64> = referenced_before
+        .difference(&referenced_after)
+        .copied()
+        .collect();
+    delete_orphaned_tables(inner, &orphaned)?;
+    drop(catalog);
+    {
+        let mut timestamps = inner.timestamps.lock();
+        timestamps.last_assigned = stable;
+        timestamps.durable = stable;
+        timestamps.oplog_bytes = oplog_bytes;
+        timestamps.dirty = false;
+        inner.visible.store(stable.as_u64(), Ordering::Release);
+    }
+    inner.keylocks.forget_commits();
+    tracing::info!(%stable, undone, "recovered to the stable timestamp");
+    Ok(stable)
+}
+
+fn delete_orphaned_tables(inner: &Inner, orphaned: &[u64]) -> Result<(), Error> {
+    if orphaned.is_empty() {
+        return Ok(());
+    }
+    let txn = begin(inner, true)?;
+    for ident in orphaned {
+        for name in [
+            format::current_table_name(*ident),
+            format::history_table_name(*ident),
+        ] {
+            txn.delete_table(TableDefinition::<&[u8], &[u8]>::new(&name))
+                .map_err(|error| storage_error("deleting a table", error))?;
+        }
+    }
+    txn.commit()
+        .map_err(|error| storage_error("deleting tables", error))?;
+    Ok(())
+}
+
+fn truncate_oplog_after(inner: &Inner, after: Timestamp) -> Result<u64, Error> {
+    let state = *inner.timestamps.lock();
+    let txn = begin(inner, true)?;
+    let mut oplog_bytes = state.oplog_bytes;
+    let mut removed_count = 0;
+    {
+        let mut oplog = txn
+            .open_table(OPLOG)
+            .map_err(|error| storage_error("opening the oplog", error))?;
+        let removed: Vec<(u64, u64)> = oplog
+            .range(after.successor().as_u64()..)
+            .map_err(|error| storage_error("scanning the oplog", error))?
+            .map(|entry| entry.map(|(key, value)| (key.value(), value.value().len() as u64)))
+            .collect::<Result<_, _>>()
+            .map_err(|error| storage_error("scanning the oplog", error))?;
+        for (ts, length) in removed {
+            oplog
+                .remove(ts)
+                .map_err(|error| storage_error("truncating the oplog", error))?;
+            oplog_bytes -= length;
+            removed_count += 1;
+        }
+        let mut meta = txn
+            .open_table(META)
+            .map_err(|error| storage_error("opening metadata", error))?;
+        put_meta(&mut meta, format::META_OPLOG_BYTES, oplog_bytes)?;
+    }
+    txn.commit()
+        .map_err(|error| storage_error("truncating the oplog", error))?;
+    inner.timestamps.lock().oplog_bytes = oplog_bytes;
+    Counters::add(&inner.counters.oplog_entries_truncated, removed_count);
+    Ok(removed_count)
+}

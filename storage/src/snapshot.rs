@@ -1,0 +1,331 @@
+//! Snapshots: reads as of one read timestamp.
+//!
+//! A snapshot pins its read timestamp (so the history it can see stays), holds a redb read
+//! transaction opened *after* the pin (so redb holds at least every commit up to the read
+//! timestamp), and resolves each key to the newest version at or before the read timestamp:
+//! the current version if it is old enough, else the history entry whose
+//! `[start, stop)` interval contains the read timestamp.
+//!
+//! Dropping and re-opening a snapshot at the same read timestamp gives the same view (what a
+//! yielding query does), as long as the pin is kept or the timestamp stays within history.
+
+use crate::catalog::CollectionMeta;
+use crate::engine::{Inner, storage_error};
+use crate::format::{self, decode_version, history_key};
+use crate::pins::PinGuard;
+use crate::stats::Counters;
+use cairn_types::{Error, Namespace, Timestamp};
+use redb::{ReadOnlyTable, ReadableDatabase, TableDefinition, TableError};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::sync::Arc;
+
+/// Where a snapshot reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadAt {
+    /// The newest visible commit.
+    Latest,
+    /// A given timestamp inside the history window.
+    Timestamp(Timestamp),
+}
+
+/// Scan order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanDirection {
+    Forward,
+    Backward,
+}
+
+type RawTable = ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+struct Tables {
+    current: RawTable,
+    history: RawTable,
+}
+
+/// A consistent view of the engine as of one read timestamp.
+pub struct Snapshot {
+    inner: Arc<Inner>,
+    pin: PinGuard,
+    txn: redb::ReadTransaction,
+    /// Table handles opened so far (`None`: the table does not exist in this snapshot).
+    tables: RefCell<HashMap<u64, Option<Arc<Tables>>>>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("read_ts", &self.pin.ts())
+            .finish()
+    }
+}
+
+fn open_raw(txn: &redb::ReadTransaction, name: &str) -> Result<Option<RawTable>, Error> {
+    match txn.open_table(TableDefinition::<&[u8], &[u8]>::new(name)) {
+        Ok(table) => Ok(Some(table)),
+        Err(TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(error) => Err(storage_error("opening a table", error)),
+    }
+}
+
+/// The version of `key` visible at `read_ts`, given its current version.
+fn resolve(
+    history: &RawTable,
+    key: &[u8],
+    current: &[u8],
+    read_ts: Timestamp,
+) -> Result<Option<Vec<u8>>, Error> {
+    let version = decode_version(current);
+    if version.ts <= read_ts {
+        return Ok(version.payload.map(<[u8]>::to_vec));
+    }
+    history_lookup(history, key, read_ts)
+}
+
+/// The history version of `key` whose interval contains `read_ts`: the first entry with a stop
+/// timestamp after `read_ts`, if it started at or before `read_ts`.
+pub(crate) fn history_lookup(
+    history: &RawTable,
+    key: &[u8],
+    read_ts: Timestamp,
+) -> Result<Option<Vec<u8>>, Error> {
+    let lower = history_key(key, read_ts.successor());
+    let upper = history_key(key, Timestamp::MAX);
+    let mut range = history
+        .range(lower.as_slice()..=upper.as_slice())
+        .map_err(|error| storage_error("reading history", error))?;
+    let Some(entry) = range.next() else {
+        return Ok(None);
+    };
+    let (found_key, value) = entry.map_err(|error| storage_error("reading history", error))?;
+    let found_key = found_key.value();
+    assert!(
+        found_key.len() == key.len() + 8 && found_key.starts_with(key),
+        "history key of another key in range: keys must be prefix-free"
+    );
+    let version = decode_version(value.value());
+    if version.ts <= read_ts {
+        Ok(version.payload.map(<[u8]>::to_vec))
+    } else {
+        Ok(None)
+    }
+}
+
+impl Snapshot {
+    pub(crate) fn open(inner: Arc<Inner>, at: ReadAt) -> Result<Snapshot, Error> {
+        let pin = match at {
+            ReadAt::Latest => inner.pins.pin_latest(&inner.visible),
+            ReadAt::Timestamp(ts) => inner.pins.pin_at(ts, &inner.visible)?,
+        };
+        let txn = inner
+            .db
+            .begin_read()
+            .map_err(|error| storage_error("opening a snapshot", error))?;
+        Counters::add(&inner.counters.snapshots_opened, 1);
+        Ok(Snapshot {
+            inner,
+            pin,
+            txn,
+            tables: RefCell::new(HashMap::new()),
+        })
+    }
+
+    /// The read timestamp: this snapshot sees exactly the commits at or before it.
+    pub fn read_timestamp(&self) -> Timestamp {
+        self.pin.ts()
+    }
+
+    fn tables(&self, ident: u64) -> Result<Option<Arc<Tables>>, Error> {
+        if let Some(tables) = self.tables.borrow().get(&ident) {
+            return Ok(tables.clone());
+        }
+        let current = open_raw(&self.txn, &format::current_table_name(ident))?;
+        let tables = match current {
+            None => None,
+            Some(current) => {
+                let history = open_raw(&self.txn, &format::history_table_name(ident))?
+                    .expect("a current table always has a history table");
+                Some(Arc::new(Tables { current, history }))
+            }
+        };
+        self.tables.borrow_mut().insert(ident, tables.clone());
+        Ok(tables)
+    }
+
+    /// The value of `key` in table `ident` as of the read timestamp.
+    pub fn get(&self, ident: u64, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let Some(tables) = self.tables(ident)? else {
+            return Ok(None);
+        };
+        let current = tables
+            .current
+            .get(key)
+            .map_err(|error| storage_error("reading", error))?;
+        match current {
+            None => Ok(None),
+            Some(guard) => resolve(&tables.history, key, guard.value(), self.read_timestamp()),
+        }
+    }
+
+    /// Key-value pairs of table `ident` in `range` as of the read timestamp, in key order.
+    pub fn scan(
+        &self,
+        ident: u64,
+        range: (Bound<Vec<u8>>, Bound<Vec<u8>>),
+        direction: ScanDirection,
+    ) -> Result<ScanIter, Error> {
+        let Some(tables) = self.tables(ident)? else {
+            return Ok(ScanIter { state: None });
+        };
+        let as_slices = (bound_as_slice(&range.0), bound_as_slice(&range.1));
+        if range_is_empty(&as_slices) {
+            return Ok(ScanIter { state: None });
+        }
+        let inner = tables
+            .current
+            .range::<&[u8]>(as_slices)
+            .map_err(|error| storage_error("scanning", error))?;
+        Ok(ScanIter {
+            state: Some(ScanState {
+                range: inner,
+                tables,
+                read_ts: self.read_timestamp(),
+                direction,
+            }),
+        })
+    }
+
+    /// The collection at `ns` as of the read timestamp.
+    pub fn collection(&self, ns: &Namespace) -> Option<Arc<CollectionMeta>> {
+        self.inner.catalog.read().lookup(ns, self.read_timestamp())
+    }
+
+    /// Every collection as of the read timestamp, in namespace order.
+    pub fn collections(&self) -> Vec<Arc<CollectionMeta>> {
+        self.inner.catalog.read().list(self.read_timestamp())
+    }
+
+    /// The collection with this UUID as of the read timestamp.
+    pub fn collection_by_uuid(&self, uuid: &bson::Uuid) -> Option<Arc<CollectionMeta>> {
+        self.collections()
+            .into_iter()
+            .find(|meta| meta.uuid == *uuid)
+    }
+
+    /// Oplog entries with timestamps in `range`, up to the read timestamp, in timestamp order.
+    pub fn oplog_scan(
+        &self,
+        from: Bound<Timestamp>,
+        direction: ScanDirection,
+    ) -> Result<OplogIter, Error> {
+        let table = self
+            .txn
+            .open_table(format::OPLOG)
+            .map_err(|error| storage_error("opening the oplog", error))?;
+        let read_ts = self.read_timestamp();
+        let lower = match from {
+            Bound::Included(ts) => Bound::Included(ts.as_u64()),
+            Bound::Excluded(ts) => Bound::Excluded(ts.as_u64()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let upper = Bound::Included(read_ts.as_u64());
+        if let (Bound::Included(low) | Bound::Excluded(low), Bound::Included(high)) = (lower, upper)
+        {
+            if low > high || (matches!(lower, Bound::Excluded(_)) && low == high) {
+                return Ok(OplogIter {
+                    range: None,
+                    direction,
+                });
+            }
+        }
+        let range = table
+            .range::<u64>((lower, upper))
+            .map_err(|error| storage_error("scanning the oplog", error))?;
+        Ok(OplogIter {
+            range: Some(range),
+            direction,
+        })
+    }
+}
+
+fn bound_as_slice(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match bound {
+        Bound::Included(key) => Bound::Included(key.as_slice()),
+        Bound::Excluded(key) => Bound::Excluded(key.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// redb panics on inverted ranges; an inverted or empty range simply has no keys.
+fn range_is_empty(range: &(Bound<&[u8]>, Bound<&[u8]>)) -> bool {
+    match range {
+        (Bound::Included(low), Bound::Included(high)) => low > high,
+        (Bound::Included(low) | Bound::Excluded(low), Bound::Excluded(high))
+        | (Bound::Excluded(low), Bound::Included(high)) => low >= high,
+        _ => false,
+    }
+}
+
+struct ScanState {
+    range: redb::Range<'static, &'static [u8], &'static [u8]>,
+    tables: Arc<Tables>,
+    read_ts: Timestamp,
+    direction: ScanDirection,
+}
+
+/// Iterates visible key-value pairs of a scan.
+pub struct ScanIter {
+    state: Option<ScanState>,
+}
+
+impl Iterator for ScanIter {
+    type Item = Result<(Vec<u8>, Vec<u8>), Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let state = self.state.as_mut()?;
+        loop {
+            let entry = match state.direction {
+                ScanDirection::Forward => state.range.next(),
+                ScanDirection::Backward => state.range.next_back(),
+            }?;
+            let (key, value) = match entry {
+                Ok(pair) => pair,
+                Err(error) => return Some(Err(storage_error("scanning", error))),
+            };
+            match resolve(
+                &state.tables.history,
+                key.value(),
+                value.value(),
+                state.read_ts,
+            ) {
+                Ok(Some(payload)) => return Some(Ok((key.value().to_vec(), payload))),
+                Ok(None) => continue,
+                Err(error) => return Some(Err(error)),
+            }
+        }
+    }
+}
+
+/// Iterates oplog entries: `(timestamp, BSON bytes)`.
+pub struct OplogIter {
+    range: Option<redb::Range<'static, u64, &'static [u8]>>,
+    direction: ScanDirection,
+}
+
+impl Iterator for OplogIter {
+    type Item = Result<(Timestamp, Vec<u8>), Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let range = self.range.as_mut()?;
+        let entry = match self.direction {
+            ScanDirection::Forward => range.next(),
+            ScanDirection::Backward => range.next_back(),
+        }?;
+        Some(
+            entry
+                .map(|(key, value)| (Timestamp::from_u64(key.value()), value.value().to_vec()))
+                .map_err(|error| storage_error("reading the oplog", error)),
+        )
+    }
+}
