@@ -197,3 +197,93 @@ pub fn sort_skip_limit(
     spec.sort(&mut documents);
     window.apply(documents.into_iter()).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::doc;
+
+    fn ids(spec: Document, documents: Vec<Document>) -> Vec<i32> {
+        let spec = SortSpec::parse(&spec).unwrap();
+        let mut documents = documents;
+        spec.sort(&mut documents);
+        documents
+            .iter()
+            .map(|d| d.get_i32("_id").unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn cross_type_and_missing() {
+        let documents = vec![
+            doc! {"_id": 1, "a": "x"},
+            doc! {"_id": 2, "a": 5},
+            doc! {"_id": 3},
+            doc! {"_id": 4, "a": null},
+            doc! {"_id": 5, "a": {"b": 1}},
+            doc! {"_id": 6, "a": Bson::MinKey},
+            doc! {"_id": 7, "a": 2.5},
+        ];
+        assert_eq!(
+            ids(doc! {"a": 1}, documents.clone()),
+            vec![6, 3, 4, 7, 2, 1, 5]
+        );
+        assert_eq!(ids(doc! {"a": -1}, documents), vec![5, 1, 2, 7, 3, 4, 6]);
+    }
+
+    #[test]
+    fn arrays_use_min_ascending_and_max_descending() {
+        let documents = vec![
+            doc! {"_id": 1, "a": [1, 10]},
+            doc! {"_id": 2, "a": 5},
+            doc! {"_id": 3, "a": []},
+            doc! {"_id": 4, "a": [3, 4]},
+            doc! {"_id": 5},
+        ];
+        // [] sorts as undefined, below null/missing.
+        assert_eq!(ids(doc! {"a": 1}, documents.clone()), vec![3, 5, 1, 4, 2]);
+        assert_eq!(ids(doc! {"a": -1}, documents), vec![1, 2, 4, 5, 3]);
+    }
+
+    #[test]
+    fn several_keys_and_dotted_paths() {
+        let documents = vec![
+            doc! {"_id": 1, "a": 1, "b": {"c": 2}},
+            doc! {"_id": 2, "a": 1, "b": {"c": 3}},
+            doc! {"_id": 3, "a": 0, "b": {"c": 1}},
+            doc! {"_id": 4, "a": 1, "b": [{"c": 9}, {"c": 0}]},
+        ];
+        assert_eq!(
+            ids(doc! {"a": -1, "b.c": -1}, documents.clone()),
+            vec![4, 2, 1, 3]
+        );
+        assert_eq!(ids(doc! {"a": -1, "b.c": 1}, documents), vec![4, 1, 2, 3]);
+    }
+
+    #[test]
+    fn bad_specs() {
+        assert_eq!(
+            SortSpec::parse(&doc! {"a": 2}).unwrap_err().code.code(),
+            15975
+        );
+        assert_eq!(
+            SortSpec::parse(&doc! {"a": "x"}).unwrap_err().code.code(),
+            15975
+        );
+        assert_eq!(
+            SortSpec::parse(&doc! {"": 1}).unwrap_err().code.code(),
+            40352
+        );
+    }
+
+    #[test]
+    fn skip_limit_window() {
+        let window = SkipLimit {
+            skip: 2,
+            limit: Some(3),
+        };
+        let taken: Vec<i32> = window.apply(0..10).collect();
+        assert_eq!(taken, vec![2, 3, 4]);
+        assert_eq!(window.sort_keep(), Some(5));
+    }
+}
