@@ -612,6 +612,8 @@ fn collect_garbage(inner: &Inner) -> Result<usize, Error> {
         0,
     );
     let oldest = inner.pins.advance_horizon(window_start.min(state.stable));
+    // Published at once: readers below it are refused from now on (the pins saw to that).
+    inner.timestamps.lock().oldest = oldest;
     let limit = inner.config.gc_batch_entries_max;
     let txn = begin(inner, false)?;
     let mut collected = 0usize;
@@ -737,7 +739,6 @@ fn collect_garbage(inner: &Inner) -> Result<usize, Error> {
         .sweep(inner.pins.oldest_pinned().unwrap_or(Timestamp::MAX));
     {
         let mut timestamps = inner.timestamps.lock();
-        timestamps.oldest = oldest;
         timestamps.oplog_bytes = oplog_bytes;
         timestamps.last_gc_at = inner.clock.monotonic();
         timestamps.dirty |= changed;
