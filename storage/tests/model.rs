@@ -86,10 +86,12 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     ]
 }
 
+type Versions = BTreeMap<Timestamp, Option<Vec<u8>>>;
+
 /// Timestamped versions of every key, the oplog, and one namespace's existence.
 #[derive(Default)]
 struct Model {
-    versions: BTreeMap<(u64, Vec<u8>), BTreeMap<Timestamp, Option<Vec<u8>>>>,
+    versions: BTreeMap<(u64, Vec<u8>), Versions>,
     oplog: BTreeMap<Timestamp, i64>,
     namespace: BTreeMap<Timestamp, bool>,
     commits: Vec<Timestamp>,
