@@ -35,6 +35,8 @@ mod head;
 mod locker;
 mod manager;
 pub mod mode;
+#[cfg(test)]
+mod model_tests;
 pub mod resource;
 pub mod stats;
 mod sync;
