@@ -6,12 +6,14 @@
 //!
 //! - [`path`]: dotted paths and how they reach values through documents and arrays.
 //! - [`matcher`]: filters (`Matcher::parse`, `matches`, positional match details).
+//! - [`index_keys`]: key patterns and a document's index keys (multikey, keystring).
 //! - [`update`]: update operators and replacements (`Update::parse`, `apply`, upserts).
 //! - [`projection`]: find and `$project` projections.
 //! - [`sort`]: sort specifications, sort keys, skip/limit.
 //! - [`agg`]: aggregation expressions and pipeline stages.
 
 pub mod agg;
+pub mod index_keys;
 pub mod matcher;
 pub mod path;
 pub mod projection;
