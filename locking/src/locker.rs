@@ -746,7 +746,10 @@ impl Locker {
     fn begin_lock_wait(&self, head: &Arc<LockHead>, wait: WaitRef) {
         self.shared.clear_note();
         let before = self.shared.wait_epoch.fetch_add(1, Ordering::SeqCst);
-        assert!(before % 2 == 0, "an operation waits for one lock at a time");
+        assert!(
+            before.is_multiple_of(2),
+            "an operation waits for one lock at a time"
+        );
         *self.shared.waiting_on.lock() = Some(WaitTarget {
             head: head.clone(),
             wait,

@@ -165,7 +165,7 @@ mod tests {
 
     #[test]
     fn canonical_order_is_the_hierarchy() {
-        let mut resources = vec![
+        let mut resources = [
             ResourceId::Oplog,
             ResourceId::Collection(Namespace::new("b", "x")),
             ResourceId::Database("b".into()),

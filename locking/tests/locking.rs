@@ -183,7 +183,7 @@ fn grant_order_is_fifo_with_compatible_batches() {
                 released.recv().unwrap();
             });
             eventually("queued in order", || {
-                pending_on(&manager, &collection) == index + 1
+                pending_on(manager, &collection) == index + 1
             });
         }
         let settle = |count: usize| {
@@ -312,7 +312,7 @@ fn a_kill_wakes_a_waiting_operation_at_once() {
         let (opid_sender, opid) = mpsc::channel();
         let manager = &manager;
         let waiter = scope.spawn(move || {
-            let op = locker(&manager, "victim", 60_000);
+            let op = locker(manager, "victim", 60_000);
             opid_sender.send(op.opid()).unwrap();
             let started = Instant::now();
             let error = op.lock_collection(&ns("c"), IS).map(|_| ()).unwrap_err();
@@ -321,7 +321,7 @@ fn a_kill_wakes_a_waiting_operation_at_once() {
         });
         let opid = opid.recv().unwrap();
         eventually("waiting", || {
-            pending_on(&manager, &ResourceId::Collection(ns("c"))) == 1
+            pending_on(manager, &ResourceId::Collection(ns("c"))) == 1
         });
         let killed_at = Instant::now();
         assert!(manager.kill_op(opid, ErrorCode::Interrupted));
@@ -484,8 +484,24 @@ fn tickets_bound_admission_and_waiting_is_visible() {
 fn fsync_lock_nests_blocks_writes_and_lets_reads_go_on() {
     let manager = manager();
     let mut flushes = 0;
-    assert_eq!(manager.fsync_lock(|| Ok(flushes += 1)).unwrap(), 1);
-    assert_eq!(manager.fsync_lock(|| Ok(flushes += 1)).unwrap(), 2);
+    assert_eq!(
+        manager
+            .fsync_lock(|| {
+                flushes += 1;
+                Ok(())
+            })
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        manager
+            .fsync_lock(|| {
+                flushes += 1;
+                Ok(())
+            })
+            .unwrap(),
+        2
+    );
     assert_eq!(flushes, 2);
     assert_eq!(manager.fsync_lock_count(), 2);
 
