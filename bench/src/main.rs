@@ -1,6 +1,7 @@
 //! `cairn-bench <suite> [--quick] [--json FILE]`: contention benchmarks that measure cairn side
 //! by side with peers in the same run and print one JSON object per measurement.
 
+mod locking;
 mod report;
 
 use clap::Parser;
@@ -27,8 +28,8 @@ fn main() -> anyhow::Result<()> {
     let arguments = Arguments::parse();
     let mut reporter = report::Reporter::new(arguments.json.as_deref())?;
     let settings = Settings { quick: arguments.quick };
-    let _ = (&mut reporter, &settings);
     match arguments.suite.as_str() {
+        "locking" => locking::run(&settings, &mut reporter),
         other => anyhow::bail!("unknown suite '{other}'"),
     }
 }
