@@ -6,16 +6,20 @@
 //!
 //! - [`path`]: dotted paths and how they reach values through documents and arrays.
 //! - [`matcher`]: filters (`Matcher::parse`, `matches`, positional match details).
+//! - [`bounds`]: index bounds (interval lists) and encoded key ranges.
 //! - [`index_keys`]: key patterns and a document's index keys (multikey, keystring).
 //! - [`update`]: update operators and replacements (`Update::parse`, `apply`, upserts).
+//! - [`planner`]: candidate plans, the winning plan, explain trees with per-stage counters.
 //! - [`projection`]: find and `$project` projections.
 //! - [`sort`]: sort specifications, sort keys, skip/limit.
 //! - [`agg`]: aggregation expressions and pipeline stages.
 
 pub mod agg;
+pub mod bounds;
 pub mod index_keys;
 pub mod matcher;
 pub mod path;
+pub mod planner;
 pub mod projection;
 pub mod sort;
 pub mod update;

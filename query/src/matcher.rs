@@ -263,6 +263,10 @@ impl Matcher {
         }
     }
 
+    pub(crate) fn set_root(&mut self, root: Node) {
+        self.root = root;
+    }
+
     pub fn root(&self) -> &Node {
         &self.root
     }

@@ -11,6 +11,10 @@ use cairn_types::order::compare_values;
 use cairn_types::{Error, ErrorCode, Result};
 use std::cmp::Ordering;
 
+/// Most memory a blocking sort (find's SORT stage, `$sort`, `$group`) may hold, in bytes,
+/// before it must spill (allowDiskUse) or fail with QueryExceededMemoryLimitNoDiskUseAllowed.
+pub const SORT_MEMORY_BYTES_MAX: usize = 100 * 1024 * 1024;
+
 /// One key of a sort specification.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SortKey {
