@@ -2,7 +2,10 @@
 //! by side with peers in the same run and print one JSON object per measurement.
 
 mod locking;
+#[cfg(feature = "peers")]
+mod peers;
 mod report;
+mod storage;
 
 use clap::Parser;
 
@@ -27,8 +30,11 @@ pub struct Settings {
 fn main() -> anyhow::Result<()> {
     let arguments = Arguments::parse();
     let mut reporter = report::Reporter::new(arguments.json.as_deref())?;
-    let settings = Settings { quick: arguments.quick };
+    let settings = Settings {
+        quick: arguments.quick,
+    };
     match arguments.suite.as_str() {
+        "storage" => storage::run(&settings, &mut reporter),
         "locking" => locking::run(&settings, &mut reporter),
         other => anyhow::bail!("unknown suite '{other}'"),
     }

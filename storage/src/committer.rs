@@ -13,7 +13,7 @@
 //! still current.
 
 use crate::catalog::CollectionMeta;
-use crate::completion::Completion;
+use crate::completion::{Completion, Leadable};
 use crate::engine::{Inner, storage_error};
 use crate::format::{
     self, DROP_PENDING, META, OPLOG, WRITELOG, decode_version, decode_writelog_key,
@@ -68,6 +68,18 @@ pub(crate) enum Job {
 }
 
 impl Job {
+    /// The waiter of this job, which can be asked to lead.
+    pub(crate) fn waiter(&self) -> &dyn Leadable {
+        match self {
+            Job::Commit(request) => request.done.as_ref(),
+            Job::Flush(done) | Job::Checkpoint { done, .. } | Job::RecoverToStable(done) => {
+                done.as_ref()
+            }
+            Job::CollectGarbage(done) => done.as_ref(),
+            Job::TruncateOplogAfter(_, done) => done.as_ref(),
+        }
+    }
+
     /// Fails the job without running it.
     pub(crate) fn fail(self, error: Error) {
         match self {
@@ -81,8 +93,46 @@ impl Job {
     }
 }
 
-/// The committer thread's loop.
-pub(crate) fn run(inner: Arc<Inner>) {
+/// Group commit by leader hand-over (as LevelDB's and RocksDB's write groups): a caller that
+/// queues a job when no leader is active becomes the leader and runs one batch itself, with no
+/// thread switch: the batch is every queued commit (up to `commit_batch_requests_max`), or one
+/// other job. Callers that queue while a batch runs wait; when the leader finishes, it asks the
+/// waiter of the next queued job to lead. Invariant: no leader active implies an empty queue.
+pub(crate) fn lead(inner: &Inner) {
+    let jobs = {
+        let mut queue = inner.queue.lock();
+        assert!(queue.leader_active, "only the leader takes jobs");
+        let mut jobs = Vec::new();
+        while let Some(job) = queue.jobs.front() {
+            let is_commit = matches!(job, Job::Commit(_));
+            if !jobs.is_empty()
+                && (!is_commit || jobs.len() >= inner.config.commit_batch_requests_max)
+            {
+                break;
+            }
+            jobs.push(queue.jobs.pop_front().expect("front exists"));
+            if !is_commit {
+                break;
+            }
+        }
+        jobs
+    };
+    assert!(!jobs.is_empty(), "a leader always has its own job queued");
+    {
+        let writer = inner.writer.lock();
+        process(inner, jobs);
+        drop(writer);
+    }
+    let mut queue = inner.queue.lock();
+    match queue.jobs.front() {
+        Some(next) => next.waiter().offer_lead(),
+        None => queue.leader_active = false,
+    }
+}
+
+/// The background thread: runs the periodic work (journal flush, garbage collection,
+/// checkpoints) every tick.
+pub(crate) fn run_periodic(inner: Arc<Inner>) {
     let tick = Duration::from_millis(
         inner
             .config
@@ -91,33 +141,17 @@ pub(crate) fn run(inner: Arc<Inner>) {
             .max(1),
     );
     loop {
-        let jobs = {
+        {
             let mut queue = inner.queue.lock();
-            if queue.jobs.is_empty() && !queue.shutdown {
-                inner.queue_signal.wait_for(&mut queue, tick);
-            }
-            if queue.jobs.is_empty() && queue.shutdown {
+            if queue.shutdown {
                 break;
             }
-            let mut jobs = Vec::new();
-            while let Some(job) = queue.jobs.front() {
-                let is_commit = matches!(job, Job::Commit(_));
-                if !jobs.is_empty()
-                    && (!is_commit || jobs.len() >= inner.config.commit_batch_requests_max)
-                {
-                    break;
-                }
-                jobs.push(queue.jobs.pop_front().expect("front exists"));
-                if !is_commit {
-                    break;
-                }
+            inner.queue_signal.wait_for(&mut queue, tick);
+            if queue.shutdown {
+                break;
             }
-            jobs
-        };
-        let writer = inner.writer.lock();
-        if !jobs.is_empty() {
-            process(&inner, jobs);
         }
+        let writer = inner.writer.lock();
         periodic(&inner);
         drop(writer);
     }

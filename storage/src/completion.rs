@@ -1,18 +1,38 @@
-//! A one-shot rendezvous between the committer and a waiting caller.
+//! A one-shot rendezvous between the thread that runs a job and the thread that waits for it,
+//! which can also be told to take over as the committer (leader hand-over, see `committer`).
 
 use parking_lot::{Condvar, Mutex};
 use std::sync::Arc;
 
-/// Carries one value from the thread that completes a job to the thread that waits for it.
+struct Slot<T> {
+    value: Option<T>,
+    lead: bool,
+}
+
+/// Carries one value to the waiting thread, or the request to lead.
 pub(crate) struct Completion<T> {
-    slot: Mutex<Option<T>>,
+    slot: Mutex<Slot<T>>,
     ready: Condvar,
+}
+
+/// What a waiter is woken for.
+pub(crate) enum Wake<T> {
+    Done(T),
+    Lead,
+}
+
+/// Something whose waiter can be asked to become the leader.
+pub(crate) trait Leadable: Send + Sync {
+    fn offer_lead(&self);
 }
 
 impl<T> Completion<T> {
     pub(crate) fn new() -> Arc<Completion<T>> {
         Arc::new(Completion {
-            slot: Mutex::new(None),
+            slot: Mutex::new(Slot {
+                value: None,
+                lead: false,
+            }),
             ready: Condvar::new(),
         })
     }
@@ -20,19 +40,40 @@ impl<T> Completion<T> {
     /// Completes the job. Completing twice is a bug.
     pub(crate) fn complete(&self, value: T) {
         let mut slot = self.slot.lock();
-        assert!(slot.is_none(), "job completed twice");
-        *slot = Some(value);
+        assert!(slot.value.is_none(), "job completed twice");
+        slot.value = Some(value);
         self.ready.notify_one();
     }
 
-    /// Waits until the job is complete.
-    pub(crate) fn wait(&self) -> T {
+    /// Waits until the job is complete or this waiter is asked to lead.
+    pub(crate) fn wait(&self) -> Wake<T> {
         let mut slot = self.slot.lock();
         loop {
-            if let Some(value) = slot.take() {
-                return value;
+            if let Some(value) = slot.value.take() {
+                return Wake::Done(value);
+            }
+            if slot.lead {
+                slot.lead = false;
+                return Wake::Lead;
             }
             self.ready.wait(&mut slot);
         }
+    }
+
+    /// The value, which must be there (a job run on this thread).
+    pub(crate) fn take(&self) -> T {
+        self.slot
+            .lock()
+            .value
+            .take()
+            .expect("the job ran on this thread")
+    }
+}
+
+impl<T: Send> Leadable for Completion<T> {
+    fn offer_lead(&self) {
+        let mut slot = self.slot.lock();
+        slot.lead = true;
+        self.ready.notify_one();
     }
 }

@@ -15,7 +15,7 @@
 use crate::backend::{Backend, DATA_FILE_NAME};
 use crate::catalog::{CatalogMirror, decode_meta};
 use crate::committer::{self, Job};
-use crate::completion::Completion;
+use crate::completion::{Completion, Wake};
 use crate::config::{CommitMode, EngineConfig, OPLOG_DEFAULT_BYTES_MAX, OPLOG_DEFAULT_BYTES_MIN};
 use crate::format::{self, META};
 use crate::keylocks::{KeyLocks, OwnerId};
@@ -55,6 +55,8 @@ pub struct TimestampState {
 
 pub(crate) struct JobQueue {
     pub jobs: VecDeque<Job>,
+    /// A caller is running a batch (see `committer::lead`).
+    pub leader_active: bool,
     pub shutdown: bool,
 }
 
@@ -365,6 +367,7 @@ impl Engine {
             next_owner: AtomicU64::new(1),
             queue: Mutex::new(JobQueue {
                 jobs: VecDeque::new(),
+                leader_active: false,
                 shutdown: false,
             }),
             queue_signal: Condvar::new(),
@@ -379,8 +382,8 @@ impl Engine {
                 let thread_inner = inner.clone();
                 Some(
                     std::thread::Builder::new()
-                        .name("cairn-committer".into())
-                        .spawn(move || committer::run(thread_inner))
+                        .name("cairn-storage-periodic".into())
+                        .spawn(move || committer::run_periodic(thread_inner))
                         .map_err(|error| storage_error("starting the committer", error))?,
                 )
             }
@@ -449,25 +452,25 @@ impl Engine {
     /// Makes every visible commit durable (one fsync); returns the durable timestamp.
     pub fn flush(&self) -> Result<Timestamp, Error> {
         let done = Completion::new();
-        self.submit(Job::Flush(done.clone()));
-        done.wait()
+        self.run_job(Job::Flush(done.clone()), &done)
     }
 
     /// Takes a checkpoint: a durable commit that records the stable timestamp.
     pub fn checkpoint(&self) -> Result<Timestamp, Error> {
         let done = Completion::new();
-        self.submit(Job::Checkpoint {
-            clean_shutdown: false,
-            done: done.clone(),
-        });
-        done.wait()
+        self.run_job(
+            Job::Checkpoint {
+                clean_shutdown: false,
+                done: done.clone(),
+            },
+            &done,
+        )
     }
 
     /// Runs one garbage-collection pass now; returns how many write-log entries it collected.
     pub fn collect_garbage(&self) -> Result<usize, Error> {
         let done = Completion::new();
-        self.submit(Job::CollectGarbage(done.clone()));
-        done.wait()
+        self.run_job(Job::CollectGarbage(done.clone()), &done)
     }
 
     /// Discards every write after the stable timestamp (the basis of rollback): data, catalog
@@ -475,36 +478,47 @@ impl Engine {
     /// unit of work may be in flight (the caller holds the global lock exclusively).
     pub fn recover_to_stable_timestamp(&self) -> Result<Timestamp, Error> {
         let done = Completion::new();
-        self.submit(Job::RecoverToStable(done.clone()));
-        done.wait()
+        self.run_job(Job::RecoverToStable(done.clone()), &done)
     }
 
     /// Removes oplog entries after `ts`, leaving data untouched.
     pub fn truncate_oplog_after(&self, ts: Timestamp) -> Result<u64, Error> {
         let done = Completion::new();
-        self.submit(Job::TruncateOplogAfter(ts, done.clone()));
-        done.wait()
+        self.run_job(Job::TruncateOplogAfter(ts, done.clone()), &done)
     }
 
-    pub(crate) fn submit(&self, job: Job) {
+    /// Queues a job and waits for its result, leading the batch when no one else does.
+    pub(crate) fn run_job<T: Send>(&self, job: Job, done: &Arc<Completion<T>>) -> T {
         match self.inner.config.commit_mode {
             CommitMode::Background => {
-                let mut queue = self.inner.queue.lock();
-                if queue.shutdown {
-                    drop(queue);
-                    job.fail(Error::new(
-                        ErrorCode::ShutdownInProgress,
-                        "the storage engine is shutting down",
-                    ));
-                    return;
+                let lead_now = {
+                    let mut queue = self.inner.queue.lock();
+                    if queue.shutdown {
+                        drop(queue);
+                        job.fail(Error::new(
+                            ErrorCode::ShutdownInProgress,
+                            "the storage engine is shutting down",
+                        ));
+                        return done.take();
+                    }
+                    queue.jobs.push_back(job);
+                    !std::mem::replace(&mut queue.leader_active, true)
+                };
+                if lead_now {
+                    committer::lead(&self.inner);
                 }
-                queue.jobs.push_back(job);
-                self.inner.queue_signal.notify_one();
+                loop {
+                    match done.wait() {
+                        Wake::Done(value) => return value,
+                        Wake::Lead => committer::lead(&self.inner),
+                    }
+                }
             }
             CommitMode::Inline => {
                 let writer = self.inner.writer.lock();
                 committer::process(&self.inner, vec![job]);
                 drop(writer);
+                done.take()
             }
         }
     }
@@ -583,11 +597,13 @@ impl Engine {
             return Ok(());
         }
         let done = Completion::new();
-        self.submit(Job::Checkpoint {
-            clean_shutdown: true,
-            done: done.clone(),
-        });
-        let result = done.wait();
+        let result = self.run_job(
+            Job::Checkpoint {
+                clean_shutdown: true,
+                done: done.clone(),
+            },
+            &done,
+        );
         stop_committer(&self.inner, &self.lifecycle.committer);
         result.map(|_| ())
     }

@@ -34,12 +34,40 @@ pub(crate) const META_CLEAN_SHUTDOWN: &str = "clean_shutdown";
 /// Bumped whenever the layout changes incompatibly.
 pub(crate) const FORMAT_VERSION: u64 = 1;
 
-pub(crate) fn current_table_name(ident: u64) -> String {
-    format!("c.{ident:016x}")
+/// A table name without an allocation: `c.` or `h.` and 16 hex digits.
+pub(crate) struct TableName([u8; 18]);
+
+impl TableName {
+    fn new(prefix: u8, ident: u64) -> TableName {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut bytes = [0u8; 18];
+        bytes[0] = prefix;
+        bytes[1] = b'.';
+        for (index, byte) in bytes[2..].iter_mut().enumerate() {
+            *byte = HEX[((ident >> (60 - 4 * index)) & 0xf) as usize];
+        }
+        TableName(bytes)
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("ASCII")
+    }
 }
 
-pub(crate) fn history_table_name(ident: u64) -> String {
-    format!("h.{ident:016x}")
+impl std::ops::Deref for TableName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+pub(crate) fn current_table_name(ident: u64) -> TableName {
+    TableName::new(b'c', ident)
+}
+
+pub(crate) fn history_table_name(ident: u64) -> TableName {
+    TableName::new(b'h', ident)
 }
 
 pub(crate) const KIND_VALUE: u8 = 0;
@@ -117,6 +145,12 @@ pub(crate) fn decode_u64(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_names() {
+        assert_eq!(current_table_name(0x2a).as_str(), "c.000000000000002a");
+        assert_eq!(history_table_name(u64::MAX).as_str(), "h.ffffffffffffffff");
+    }
 
     #[test]
     fn version_round_trip() {

@@ -20,6 +20,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::sync::Arc;
+use std::sync::OnceLock;
 
 /// Where a snapshot reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,9 +40,10 @@ pub enum ScanDirection {
 
 type RawTable = ReadOnlyTable<&'static [u8], &'static [u8]>;
 
+/// The tables of one ident; the history table is opened only when an old version is needed.
 struct Tables {
     current: RawTable,
-    history: RawTable,
+    history: OnceLock<Arc<RawTable>>,
 }
 
 /// A consistent view of the engine as of one read timestamp.
@@ -141,16 +143,25 @@ impl Snapshot {
             return Ok(tables.clone());
         }
         let current = open_raw(&self.txn, &format::current_table_name(ident))?;
-        let tables = match current {
-            None => None,
-            Some(current) => {
-                let history = open_raw(&self.txn, &format::history_table_name(ident))?
-                    .expect("a current table always has a history table");
-                Some(Arc::new(Tables { current, history }))
-            }
-        };
+        let tables = current.map(|current| {
+            Arc::new(Tables {
+                current,
+                history: OnceLock::new(),
+            })
+        });
         self.tables.borrow_mut().insert(ident, tables.clone());
         Ok(tables)
+    }
+
+    fn history(&self, ident: u64, tables: &Tables) -> Result<Arc<RawTable>, Error> {
+        if let Some(history) = tables.history.get() {
+            return Ok(history.clone());
+        }
+        let history = Arc::new(
+            open_raw(&self.txn, &format::history_table_name(ident))?
+                .expect("a current table always has a history table"),
+        );
+        Ok(tables.history.get_or_init(|| history).clone())
     }
 
     /// The value of `key` in table `ident` as of the read timestamp.
@@ -162,10 +173,18 @@ impl Snapshot {
             .current
             .get(key)
             .map_err(|error| storage_error("reading", error))?;
-        match current {
-            None => Ok(None),
-            Some(guard) => resolve(&tables.history, key, guard.value(), self.read_timestamp()),
+        let Some(guard) = current else {
+            return Ok(None);
+        };
+        let version = decode_version(guard.value());
+        if version.ts <= self.read_timestamp() {
+            return Ok(version.payload.map(<[u8]>::to_vec));
         }
+        history_lookup(
+            self.history(ident, &tables)?.as_ref(),
+            key,
+            self.read_timestamp(),
+        )
     }
 
     /// Key-value pairs of table `ident` in `range` as of the read timestamp, in key order.
@@ -189,7 +208,7 @@ impl Snapshot {
         Ok(ScanIter {
             state: Some(ScanState {
                 range: inner,
-                tables,
+                history: self.history(ident, &tables)?,
                 read_ts: self.read_timestamp(),
                 direction,
             }),
@@ -269,7 +288,7 @@ fn range_is_empty(range: &(Bound<&[u8]>, Bound<&[u8]>)) -> bool {
 
 struct ScanState {
     range: redb::Range<'static, &'static [u8], &'static [u8]>,
-    tables: Arc<Tables>,
+    history: Arc<RawTable>,
     read_ts: Timestamp,
     direction: ScanDirection,
 }
@@ -293,12 +312,7 @@ impl Iterator for ScanIter {
                 Ok(pair) => pair,
                 Err(error) => return Some(Err(storage_error("scanning", error))),
             };
-            match resolve(
-                &state.tables.history,
-                key.value(),
-                value.value(),
-                state.read_ts,
-            ) {
+            match resolve(&state.history, key.value(), value.value(), state.read_ts) {
                 Ok(Some(payload)) => return Some(Ok((key.value().to_vec(), payload))),
                 Ok(None) => continue,
                 Err(error) => return Some(Err(error)),

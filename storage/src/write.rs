@@ -132,6 +132,14 @@ impl WriteUnit {
         self.snapshot.get(ident, key)
     }
 
+    /// Reads `key` for update: claims it first, so that a concurrent writer of the key makes
+    /// this unit conflict now, before it does any work with the value (and a hot document's
+    /// queue forms before the work, not after it).
+    pub fn get_for_update(&mut self, ident: u64, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.claim(ident, key)?;
+        self.get(ident, key)
+    }
+
     /// Scans table `ident`, seeing this unit's own staged writes, in key order.
     pub fn scan(
         &self,
@@ -476,8 +484,7 @@ impl WriteUnit {
             max_ident: self.max_ident,
             done: done.clone(),
         };
-        self.engine.submit(Job::Commit(request));
-        done.wait()
+        self.engine.run_job(Job::Commit(request), &done)
     }
 
     fn release_claims(&mut self) {

@@ -1,0 +1,570 @@
+//! `cairn-bench storage`: the storage engine against plain redb and, with the `peers` feature,
+//! PoloDB (an embedded MongoDB-like engine on RocksDB) and SQLite (a JSON column), in one run.
+//!
+//! Every system stores the same documents (about 230 bytes of BSON, or its JSON for SQLite)
+//! under the same integer keys. Plain redb runs one redb transaction per operation. cairn runs
+//! one unit of work per operation through its group-commit committer, as a standalone node does
+//! (no oplog entry). Workloads (the `workload` field):
+//! - `insert_j0` / `insert_j1`: new documents, `j: false` / `j: true`, with 1, 8 and 64 writers;
+//! - `point_read`: random reads of preloaded documents, 1 and 64 readers;
+//! - `range_scan`: 100 consecutive documents from a random start, 1 and 64 readers;
+//! - `snapshot_read`: point reads in snapshots opened before 4 writers start rewriting the
+//!   documents the readers read, 1 and 64 readers;
+//! - `hot_doc`: read-modify-write increments of one document, 1 and 64 writers.
+
+use crate::Settings;
+use crate::report::{Latencies, Record, Reporter};
+use bson::{Document, doc};
+use cairn_storage::retry::{RetryOptions, write_conflict_retry};
+use cairn_storage::{Backend, Durability, Engine, EngineConfig, ReadAt, ScanDirection, Snapshot};
+use cairn_types::{SystemClock, keystring};
+use redb::{ReadableDatabase, ReadableTable};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+/// Operations one measurement thread performs.
+pub trait Worker {
+    fn insert(&mut self, id: i64, document: &Document, journaled: bool) -> anyhow::Result<()>;
+    fn get(&mut self, id: i64) -> anyhow::Result<bool>;
+    fn scan(&mut self, from: i64, count: usize) -> anyhow::Result<usize>;
+    fn increment(&mut self, id: i64) -> anyhow::Result<()>;
+    /// Replaces a document (the background writers of `snapshot_read`).
+    fn replace(&mut self, id: i64, document: &Document) -> anyhow::Result<()>;
+}
+
+/// A point-in-time reader opened before the writers of `snapshot_read` start.
+pub trait SnapshotReader {
+    fn get(&mut self, id: i64) -> anyhow::Result<bool>;
+}
+
+/// A system under test.
+pub trait System: Sync {
+    fn name(&self) -> &'static str;
+    fn worker(&self) -> anyhow::Result<Box<dyn Worker + '_>>;
+    fn snapshot_reader(&self) -> anyhow::Result<Box<dyn SnapshotReader + '_>>;
+    /// Whether the system can make a single commit durable (j: true).
+    fn has_journaled_commits(&self) -> bool {
+        true
+    }
+}
+
+pub fn document(id: i64) -> Document {
+    doc! {
+        "_id": id,
+        "name": format!("user{id:08}"),
+        "email": format!("user{id:08}@example.com"),
+        "age": (id % 90) as i32,
+        "active": id % 3 == 0,
+        "payload": "x".repeat(128),
+    }
+}
+
+fn encode(document: &Document) -> Vec<u8> {
+    bson::serialize_to_vec(document).expect("documents serialize")
+}
+
+fn key(id: i64) -> Vec<u8> {
+    keystring::encode(&bson::Bson::Int64(id))
+}
+
+// ---- cairn ----
+
+pub struct Cairn {
+    engine: Engine,
+    _dir: tempfile::TempDir,
+}
+
+const CAIRN_TABLE: u64 = 1_000;
+
+impl Cairn {
+    pub fn open() -> anyhow::Result<Cairn> {
+        let dir = tempfile::tempdir()?;
+        let config = EngineConfig {
+            oplog_size_bytes: Some(1 << 30),
+            ..EngineConfig::default()
+        };
+        let engine = Engine::open(
+            config,
+            Backend::Disk(dir.path().join("db")),
+            Arc::new(SystemClock::new()),
+        )
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+        Ok(Cairn { engine, _dir: dir })
+    }
+}
+
+struct CairnWorker<'a> {
+    engine: &'a Engine,
+}
+
+fn cairn_error(error: cairn_types::Error) -> anyhow::Error {
+    anyhow::anyhow!("{error}")
+}
+
+impl Worker for CairnWorker<'_> {
+    fn insert(&mut self, id: i64, document: &Document, journaled: bool) -> anyhow::Result<()> {
+        let mut unit = self.engine.begin_write();
+        unit.put(CAIRN_TABLE, &key(id), &encode(document))
+            .map_err(cairn_error)?;
+        let durability = if journaled {
+            Durability::Journaled
+        } else {
+            Durability::Visible
+        };
+        unit.commit(durability).map_err(cairn_error)?;
+        Ok(())
+    }
+
+    fn get(&mut self, id: i64) -> anyhow::Result<bool> {
+        let snapshot = self.engine.snapshot(ReadAt::Latest).map_err(cairn_error)?;
+        Ok(snapshot
+            .get(CAIRN_TABLE, &key(id))
+            .map_err(cairn_error)?
+            .is_some())
+    }
+
+    fn scan(&mut self, from: i64, count: usize) -> anyhow::Result<usize> {
+        let snapshot = self.engine.snapshot(ReadAt::Latest).map_err(cairn_error)?;
+        let range = (Bound::Included(key(from)), Bound::Unbounded);
+        let mut seen = 0;
+        for entry in snapshot
+            .scan(CAIRN_TABLE, range, ScanDirection::Forward)
+            .map_err(cairn_error)?
+            .take(count)
+        {
+            entry.map_err(cairn_error)?;
+            seen += 1;
+        }
+        Ok(seen)
+    }
+
+    fn increment(&mut self, id: i64) -> anyhow::Result<()> {
+        let options = RetryOptions {
+            durability: Durability::Visible,
+            deadline: None,
+            check_interrupt: &mut || Ok(()),
+        };
+        write_conflict_retry(self.engine, options, |unit| {
+            let current = unit
+                .get_for_update(CAIRN_TABLE, &key(id))?
+                .expect("the hot document exists");
+            let mut current: Document = bson::deserialize_from_slice(&current).expect("BSON");
+            let counter = current.get_i64("counter").unwrap_or(0);
+            current.insert("counter", counter + 1);
+            unit.put(CAIRN_TABLE, &key(id), &encode(&current))
+        })
+        .map_err(cairn_error)?;
+        Ok(())
+    }
+
+    fn replace(&mut self, id: i64, document: &Document) -> anyhow::Result<()> {
+        let options = RetryOptions {
+            durability: Durability::Visible,
+            deadline: None,
+            check_interrupt: &mut || Ok(()),
+        };
+        write_conflict_retry(self.engine, options, |unit| {
+            unit.put(CAIRN_TABLE, &key(id), &encode(document))
+        })
+        .map_err(cairn_error)?;
+        Ok(())
+    }
+}
+
+struct CairnSnapshotReader {
+    snapshot: Snapshot,
+}
+
+impl SnapshotReader for CairnSnapshotReader {
+    fn get(&mut self, id: i64) -> anyhow::Result<bool> {
+        Ok(self
+            .snapshot
+            .get(CAIRN_TABLE, &key(id))
+            .map_err(cairn_error)?
+            .is_some())
+    }
+}
+
+impl System for Cairn {
+    fn name(&self) -> &'static str {
+        "cairn"
+    }
+
+    fn worker(&self) -> anyhow::Result<Box<dyn Worker + '_>> {
+        Ok(Box::new(CairnWorker {
+            engine: &self.engine,
+        }))
+    }
+
+    fn snapshot_reader(&self) -> anyhow::Result<Box<dyn SnapshotReader + '_>> {
+        let snapshot = self.engine.snapshot(ReadAt::Latest).map_err(cairn_error)?;
+        Ok(Box::new(CairnSnapshotReader { snapshot }))
+    }
+}
+
+// ---- plain redb ----
+
+pub struct PlainRedb {
+    db: redb::Database,
+    _dir: tempfile::TempDir,
+}
+
+const REDB_TABLE: redb::TableDefinition<'static, &[u8], &[u8]> = redb::TableDefinition::new("docs");
+
+impl PlainRedb {
+    pub fn open() -> anyhow::Result<PlainRedb> {
+        let dir = tempfile::tempdir()?;
+        let db = redb::Builder::new()
+            .set_cache_size(512 * 1024 * 1024)
+            .create(dir.path().join("plain.redb"))?;
+        let txn = db.begin_write()?;
+        txn.open_table(REDB_TABLE)?;
+        txn.commit()?;
+        Ok(PlainRedb { db, _dir: dir })
+    }
+}
+
+struct RedbWorker<'a> {
+    db: &'a redb::Database,
+}
+
+impl RedbWorker<'_> {
+    fn write(&self, id: i64, bytes: &[u8], journaled: bool) -> anyhow::Result<()> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(if journaled {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        })?;
+        {
+            let mut table = txn.open_table(REDB_TABLE)?;
+            table.insert(key(id).as_slice(), bytes)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+impl Worker for RedbWorker<'_> {
+    fn insert(&mut self, id: i64, document: &Document, journaled: bool) -> anyhow::Result<()> {
+        self.write(id, &encode(document), journaled)
+    }
+
+    fn get(&mut self, id: i64) -> anyhow::Result<bool> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(REDB_TABLE)?;
+        Ok(table
+            .get(key(id).as_slice())?
+            .map(|guard| guard.value().to_vec())
+            .is_some())
+    }
+
+    fn scan(&mut self, from: i64, count: usize) -> anyhow::Result<usize> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(REDB_TABLE)?;
+        let start = key(from);
+        let mut seen = 0;
+        for entry in table.range::<&[u8]>(start.as_slice()..)?.take(count) {
+            let (_, value) = entry?;
+            std::hint::black_box(value.value().to_vec());
+            seen += 1;
+        }
+        Ok(seen)
+    }
+
+    fn increment(&mut self, id: i64) -> anyhow::Result<()> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::None)?;
+        {
+            let mut table = txn.open_table(REDB_TABLE)?;
+            let current = table
+                .get(key(id).as_slice())?
+                .expect("the hot document exists")
+                .value()
+                .to_vec();
+            let mut current: Document = bson::deserialize_from_slice(&current)?;
+            let counter = current.get_i64("counter").unwrap_or(0);
+            current.insert("counter", counter + 1);
+            table.insert(key(id).as_slice(), encode(&current).as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn replace(&mut self, id: i64, document: &Document) -> anyhow::Result<()> {
+        self.write(id, &encode(document), false)
+    }
+}
+
+struct RedbSnapshotReader {
+    table: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+}
+
+impl SnapshotReader for RedbSnapshotReader {
+    fn get(&mut self, id: i64) -> anyhow::Result<bool> {
+        Ok(self
+            .table
+            .get(key(id).as_slice())?
+            .map(|guard| guard.value().to_vec())
+            .is_some())
+    }
+}
+
+impl System for PlainRedb {
+    fn name(&self) -> &'static str {
+        "redb"
+    }
+
+    fn worker(&self) -> anyhow::Result<Box<dyn Worker + '_>> {
+        Ok(Box::new(RedbWorker { db: &self.db }))
+    }
+
+    fn snapshot_reader(&self) -> anyhow::Result<Box<dyn SnapshotReader + '_>> {
+        let txn = self.db.begin_read()?;
+        Ok(Box::new(RedbSnapshotReader {
+            table: txn.open_table(REDB_TABLE)?,
+        }))
+    }
+}
+
+// ---- the measurement loop ----
+
+struct Plan {
+    duration: Duration,
+    preload: i64,
+}
+
+fn measure(
+    threads: usize,
+    duration: Duration,
+    run: impl Fn(usize, &AtomicBool) -> anyhow::Result<(u64, Latencies)> + Sync,
+) -> anyhow::Result<(u64, f64, Latencies)> {
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<(u64, Latencies)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|thread| {
+                let (run, stop) = (&run, &stop);
+                scope.spawn(move || run(thread, stop))
+            })
+            .collect();
+        std::thread::sleep(duration);
+        stop.store(true, Ordering::Release);
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("worker thread"))
+            .collect()
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let mut ops = 0;
+    let mut latencies = Latencies::new();
+    for result in results {
+        let (thread_ops, thread_latencies) = result?;
+        ops += thread_ops;
+        latencies.merge(&thread_latencies);
+    }
+    Ok((ops, seconds, latencies))
+}
+
+fn timed_loop(
+    stop: &AtomicBool,
+    mut op: impl FnMut(u64) -> anyhow::Result<()>,
+) -> anyhow::Result<(u64, Latencies)> {
+    let mut latencies = Latencies::new();
+    let mut count = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        op(count)?;
+        latencies.record(started.elapsed());
+        count += 1;
+    }
+    Ok((count, latencies))
+}
+
+/// A cheap per-thread pseudo-random sequence (splitmix64).
+fn mix(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn emit(
+    reporter: &mut Reporter,
+    system: &dyn System,
+    workload: &str,
+    threads: usize,
+    (ops, seconds, latencies): (u64, f64, Latencies),
+) -> anyhow::Result<()> {
+    reporter.emit(&Record {
+        suite: "storage".into(),
+        workload: workload.into(),
+        system: system.name().into(),
+        threads,
+        ops,
+        seconds,
+        latencies: Some(latencies),
+        extra: Default::default(),
+    })
+}
+
+fn preload(system: &dyn System, count: i64) -> anyhow::Result<()> {
+    let mut worker = system.worker()?;
+    for id in 0..count {
+        worker.insert(id, &document(id), false)?;
+    }
+    worker.insert(count, &document(count), true)?;
+    Ok(())
+}
+
+fn run_system(system: &dyn System, plan: &Plan, reporter: &mut Reporter) -> anyhow::Result<()> {
+    let next_id = AtomicU64::new(10_000_000);
+    for (workload, journaled) in [("insert_j0", false), ("insert_j1", true)] {
+        if journaled && !system.has_journaled_commits() {
+            continue;
+        }
+        for threads in [1, 8, 64] {
+            let result = measure(threads, plan.duration, |_, stop| {
+                let mut worker = system.worker()?;
+                timed_loop(stop, |_| {
+                    let id = next_id.fetch_add(1, Ordering::Relaxed) as i64;
+                    worker.insert(id, &document(id), journaled)
+                })
+            })?;
+            emit(reporter, system, workload, threads, result)?;
+        }
+    }
+    preload(system, plan.preload)?;
+    for threads in [1, 64] {
+        let result = measure(threads, plan.duration, |thread, stop| {
+            let mut worker = system.worker()?;
+            timed_loop(stop, |n| {
+                let id = (mix((thread as u64) << 32 | n) % plan.preload as u64) as i64;
+                anyhow::ensure!(worker.get(id)?, "document {id} missing");
+                Ok(())
+            })
+        })?;
+        emit(reporter, system, "point_read", threads, result)?;
+    }
+    for threads in [1, 64] {
+        let result = measure(threads, plan.duration, |thread, stop| {
+            let mut worker = system.worker()?;
+            timed_loop(stop, |n| {
+                let from = (mix((thread as u64) << 32 | n) % (plan.preload as u64 - 100)) as i64;
+                anyhow::ensure!(worker.scan(from, 100)? == 100, "short scan");
+                Ok(())
+            })
+        })?;
+        emit(reporter, system, "range_scan", threads, result)?;
+    }
+    for threads in [1, 64] {
+        let result = snapshot_read(system, plan, threads)?;
+        emit(reporter, system, "snapshot_read", threads, result)?;
+    }
+    for threads in [1, 64] {
+        let hot_id = -1 - threads as i64;
+        system.worker()?.insert(hot_id, &document(hot_id), true)?;
+        let result = measure(threads, plan.duration, |_, stop| {
+            let mut worker = system.worker()?;
+            timed_loop(stop, |_| worker.increment(hot_id))
+        })?;
+        emit(reporter, system, "hot_doc", threads, result)?;
+    }
+    Ok(())
+}
+
+/// Readers open their snapshots, then 4 writers rewrite documents while the readers read.
+fn snapshot_read(
+    system: &dyn System,
+    plan: &Plan,
+    readers: usize,
+) -> anyhow::Result<(u64, f64, Latencies)> {
+    const WRITERS: usize = 4;
+    let opened = Barrier::new(readers + WRITERS);
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<(u64, Latencies)>> = std::thread::scope(|scope| {
+        let mut handles = Vec::new();
+        for reader in 0..readers {
+            let (opened, stop) = (&opened, &stop);
+            handles.push(scope.spawn(move || {
+                let mut snapshot = system.snapshot_reader();
+                opened.wait();
+                let snapshot = snapshot
+                    .as_mut()
+                    .map_err(|error| anyhow::anyhow!("{error}"))?;
+                timed_loop(stop, |n| {
+                    let id = (mix((reader as u64) << 32 | n) % plan.preload as u64) as i64;
+                    anyhow::ensure!(snapshot.get(id)?, "document {id} missing in the snapshot");
+                    Ok(())
+                })
+            }));
+        }
+        let mut writers = Vec::new();
+        for writer in 0..WRITERS {
+            let (opened, stop) = (&opened, &stop);
+            writers.push(scope.spawn(move || -> anyhow::Result<()> {
+                let mut worker = system.worker()?;
+                opened.wait();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = (mix((1000 + writer as u64) << 32 | n) % plan.preload as u64) as i64;
+                    let mut replacement = document(id);
+                    replacement.insert("version", n as i64);
+                    worker.replace(id, &replacement)?;
+                    n += 1;
+                }
+                Ok(())
+            }));
+        }
+        std::thread::sleep(plan.duration);
+        stop.store(true, Ordering::Release);
+        for writer in writers {
+            if let Err(error) = writer.join().expect("writer thread") {
+                return vec![Err(error)];
+            }
+        }
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("reader thread"))
+            .collect()
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let mut ops = 0;
+    let mut latencies = Latencies::new();
+    for result in results {
+        let (thread_ops, thread_latencies) = result?;
+        ops += thread_ops;
+        latencies.merge(&thread_latencies);
+    }
+    Ok((ops, seconds, latencies))
+}
+
+pub fn run(settings: &Settings, reporter: &mut Reporter) -> anyhow::Result<()> {
+    let plan = if settings.quick {
+        Plan {
+            duration: Duration::from_millis(400),
+            preload: 5_000,
+        }
+    } else {
+        Plan {
+            duration: Duration::from_secs(3),
+            preload: 100_000,
+        }
+    };
+    #[cfg_attr(not(feature = "peers"), allow(unused_mut))]
+    let mut systems: Vec<Box<dyn System>> =
+        vec![Box::new(Cairn::open()?), Box::new(PlainRedb::open()?)];
+    #[cfg(feature = "peers")]
+    {
+        systems.push(Box::new(crate::peers::PoloDb::open()?));
+        systems.push(Box::new(crate::peers::Sqlite::open()?));
+    }
+    for system in &systems {
+        eprintln!("storage: measuring {}", system.name());
+        run_system(system.as_ref(), &plan, reporter)?;
+    }
+    Ok(())
+}
