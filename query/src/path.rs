@@ -69,6 +69,9 @@ pub enum LeafArrays {
     /// Visit every element but not the array itself; an empty array is visited as `undefined`
     /// (index keys and sort keys, as MongoDB's key generator does).
     TraverseOmitArray,
+    /// Visit every element but not the array itself, and nothing for an empty array
+    /// (`distinct`).
+    ElementsOnly,
 }
 
 static UNDEFINED: Bson = Bson::Undefined;
@@ -136,6 +139,9 @@ fn visit_array<'a>(
         }
         if leaf == LeafArrays::TraverseOmitArray {
             return items.is_empty() && visitor(Some(&UNDEFINED), offset);
+        }
+        if leaf == LeafArrays::ElementsOnly {
+            return false;
         }
         return visitor(Some(array), offset);
     }

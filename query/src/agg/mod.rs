@@ -1,3 +1,4 @@
-//! Aggregation: expressions ([`expression`]).
+//! Aggregation: expressions ([`expression`]) and pipeline stages ([`pipeline`]).
 
 pub mod expression;
+pub mod pipeline;
