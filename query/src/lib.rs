@@ -6,6 +6,8 @@
 //!
 //! - [`path`]: dotted paths and how they reach values through documents and arrays.
 //! - [`matcher`]: filters (`Matcher::parse`, `matches`, positional match details).
+//! - [`commands`]: parsers for find, update, delete, findAndModify, count, distinct, aggregate,
+//!   createIndexes and dropIndexes with MongoDB's IDL errors.
 //! - [`bounds`]: index bounds (interval lists) and encoded key ranges.
 //! - [`index_keys`]: key patterns and a document's index keys (multikey, keystring).
 //! - [`update`]: update operators and replacements (`Update::parse`, `apply`, upserts).
@@ -16,6 +18,7 @@
 
 pub mod agg;
 pub mod bounds;
+pub mod commands;
 pub mod index_keys;
 pub mod matcher;
 pub mod path;
