@@ -13,6 +13,7 @@
 //! - [`update`]: update operators and replacements (`Update::parse`, `apply`, upserts).
 //! - [`planner`]: candidate plans, the winning plan, explain trees with per-stage counters.
 //! - [`projection`]: find and `$project` projections.
+//! - [`shaper`]: residual filter, blocking sort, skip, limit and projection after the fetch.
 //! - [`sort`]: sort specifications, sort keys, skip/limit.
 //! - [`agg`]: aggregation expressions and pipeline stages.
 
@@ -24,6 +25,7 @@ pub mod matcher;
 pub mod path;
 pub mod planner;
 pub mod projection;
+pub mod shaper;
 pub mod sort;
 pub mod update;
 pub mod value;

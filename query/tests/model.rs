@@ -10,6 +10,7 @@ use bson::{Bson, Document, doc};
 use cairn_query::Matcher;
 use cairn_query::index_keys::KeyPattern;
 use cairn_query::planner::{Access, CanonicalQuery, Hint, IndexDescriptor, QueryPlan, plan};
+use cairn_query::shaper::ResultShaper;
 use cairn_query::sort::SortSpec;
 use cairn_types::keystring;
 use proptest::prelude::*;
@@ -208,7 +209,7 @@ impl Collection {
     }
 
     /// Runs a plan the way the executor does.
-    fn run(&self, plan: &QueryPlan) -> Vec<Document> {
+    fn run(&self, plan: &QueryPlan, filter: &Matcher) -> Vec<Document> {
         let mut fetched: Vec<Document> = Vec::new();
         match &plan.access {
             Access::CollectionScan { forward } => {
@@ -256,16 +257,19 @@ impl Collection {
                 fetched.extend(ids.into_iter().map(|id| self.documents[&id].clone()));
             }
         }
-        let mut matched: Vec<Document> = fetched
-            .into_iter()
-            .filter(|d| plan.residual.as_ref().is_none_or(|r| r.matches(d)))
-            .collect();
-        if let Some(sort) = &plan.blocking_sort {
-            sort.sort(&mut matched);
+        // Residual, blocking sort, skip and limit through the executor's helper.
+        let mut shaper = ResultShaper::new(plan, filter, false);
+        let mut output = Vec::new();
+        for document in fetched {
+            if shaper.is_done() {
+                break;
+            }
+            if let Some(result) = shaper.offer(document).unwrap() {
+                output.push(result);
+            }
         }
-        let skip = plan.skip as usize;
-        let limit = plan.limit.map(|l| l as usize).unwrap_or(usize::MAX);
-        matched.into_iter().skip(skip).take(limit).collect()
+        output.extend(shaper.finish().unwrap());
+        output
     }
 }
 
@@ -316,7 +320,7 @@ fn check(
         let mut plans = vec![planned.winning.clone()];
         plans.extend(planned.rejected.iter().cloned());
         for candidate in plans {
-            let actual = collection.run(&candidate);
+            let actual = collection.run(&candidate, &matcher);
             if std::env::var("MODEL_DEBUG").is_ok() {
                 eprintln!(
                     "DEBUG {} docs={} expected={} actual={} ranges={}",

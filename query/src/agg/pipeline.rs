@@ -992,8 +992,7 @@ impl Run {
     }
 }
 
-fn write_run(spec: &SortSpec, buffer: &mut Vec<(Vec<Bson>, usize, Document)>) -> Result<Run> {
-    buffer.sort_by(|a, b| spec.compare_keys(&a.0, &b.0).then(a.1.cmp(&b.1)));
+fn write_run(buffer: &mut Vec<(Vec<Bson>, u64, Document)>) -> Result<Run> {
     let file = tempfile::tempfile()
         .map_err(|e| Error::internal(format!("creating a sort spill file: {e}")))?;
     let mut writer = BufWriter::new(file);
@@ -1016,63 +1015,155 @@ fn write_run(spec: &SortSpec, buffer: &mut Vec<(Vec<Bson>, usize, Document)>) ->
     })
 }
 
-/// Sorts a stream within the memory limit, spilling sorted runs when allowed.
-pub fn sort_stream<'a>(
-    spec: &'a SortSpec,
-    input: DocumentStream<'a>,
-    options: &AggregateOptions,
-) -> Result<Box<dyn Iterator<Item = Result<Document>> + 'a>> {
-    let mut buffer: Vec<(Vec<Bson>, usize, Document)> = Vec::new();
-    let mut bytes = 0usize;
-    let mut runs: Vec<Run> = Vec::new();
-    for (sequence, item) in input.enumerate() {
-        let document = item?;
-        bytes += document_size(&document);
-        buffer.push((spec.key(&document), sequence, document));
-        if bytes > options.memory_bytes_max {
-            if !options.allow_disk_use {
-                return Err(memory_exceeded("$sort"));
-            }
-            runs.push(write_run(spec, &mut buffer)?);
-            bytes = 0;
+/// Sorts documents within a memory limit: in memory while they fit, else (with allowDiskUse)
+/// as sorted runs in anonymous temporary files merged at the end. With `keep` (a top-k sort for
+/// `sort + limit`), only the first `keep` documents are kept. Stable: ties keep input order.
+pub struct ExternalSorter {
+    spec: SortSpec,
+    memory_bytes_max: usize,
+    allow_disk_use: bool,
+    keep: Option<usize>,
+    buffer: Vec<(Vec<Bson>, u64, Document)>,
+    bytes: usize,
+    sequence: u64,
+    runs: Vec<Run>,
+    /// Whose error to report: `$sort` or `find`.
+    for_find: bool,
+}
+
+/// Smallest buffer a top-k sort lets grow before it truncates, in documents.
+const TOP_K_BUFFER_DOCUMENTS_MIN: usize = 64;
+
+impl ExternalSorter {
+    pub fn new(
+        spec: SortSpec,
+        memory_bytes_max: usize,
+        allow_disk_use: bool,
+        keep: Option<usize>,
+    ) -> ExternalSorter {
+        ExternalSorter {
+            spec,
+            memory_bytes_max,
+            allow_disk_use,
+            keep,
+            buffer: Vec::new(),
+            bytes: 0,
+            sequence: 0,
+            runs: Vec::new(),
+            for_find: false,
         }
     }
-    if runs.is_empty() {
-        buffer.sort_by(|a, b| spec.compare_keys(&a.0, &b.0).then(a.1.cmp(&b.1)));
-        return Ok(Box::new(buffer.into_iter().map(|(_, _, d)| Ok(d))));
+
+    /// Reports a memory overflow as find's SORT stage does.
+    pub fn for_find(mut self) -> ExternalSorter {
+        self.for_find = true;
+        self
     }
-    if !buffer.is_empty() {
-        runs.push(write_run(spec, &mut buffer)?);
+
+    fn sort_buffer(&mut self) {
+        let spec = &self.spec;
+        self.buffer
+            .sort_by(|a, b| spec.compare_keys(&a.0, &b.0).then(a.1.cmp(&b.1)));
     }
-    // k-way merge; ties go to the earlier run, which holds earlier input (stable).
-    let mut heads: Vec<Option<(Vec<Bson>, Document)>> = Vec::with_capacity(runs.len());
-    for run in &mut runs {
-        heads.push(run.next()?.map(|d| (spec.key(&d), d)));
+
+    pub fn push(&mut self, document: Document) -> Result<()> {
+        self.bytes += document_size(&document);
+        let key = self.spec.key(&document);
+        self.buffer.push((key, self.sequence, document));
+        self.sequence += 1;
+        if let Some(keep) = self.keep {
+            if self.buffer.len() >= (2 * keep).max(TOP_K_BUFFER_DOCUMENTS_MIN) {
+                self.sort_buffer();
+                self.buffer.truncate(keep);
+                self.bytes = self.buffer.iter().map(|(_, _, d)| document_size(d)).sum();
+            }
+        }
+        if self.bytes > self.memory_bytes_max {
+            if !self.allow_disk_use {
+                return Err(if self.for_find {
+                    Error::new(
+                        ErrorCode::QueryExceededMemoryLimitNoDiskUseAllowed,
+                        format!(
+                            "Executor error during find command :: caused by :: Sort exceeded memory limit of {} bytes, but did not opt in to external sorting.",
+                            self.memory_bytes_max
+                        ),
+                    )
+                } else {
+                    memory_exceeded("$sort")
+                });
+            }
+            self.sort_buffer();
+            self.runs.push(write_run(&mut self.buffer)?);
+            self.bytes = 0;
+        }
+        Ok(())
     }
-    Ok(Box::new(std::iter::from_fn(move || {
-        let mut best: Option<usize> = None;
-        for (index, head) in heads.iter().enumerate() {
-            if let Some((key, _)) = head {
-                let better = match best {
-                    None => true,
-                    Some(b) => {
-                        spec.compare_keys(key, &heads[b].as_ref().expect("present").0)
-                            == Ordering::Less
+
+    /// The sorted documents.
+    pub fn finish(mut self) -> Result<Box<dyn Iterator<Item = Result<Document>>>> {
+        let keep = self.keep.unwrap_or(usize::MAX);
+        self.sort_buffer();
+        if self.runs.is_empty() {
+            return Ok(Box::new(
+                self.buffer.into_iter().map(|(_, _, d)| Ok(d)).take(keep),
+            ));
+        }
+        if !self.buffer.is_empty() {
+            self.runs.push(write_run(&mut self.buffer)?);
+        }
+        let spec = self.spec;
+        let mut runs = self.runs;
+        // k-way merge; ties go to the earlier run, which holds earlier input (stable).
+        let mut heads: Vec<Option<(Vec<Bson>, Document)>> = Vec::with_capacity(runs.len());
+        for run in &mut runs {
+            heads.push(run.next()?.map(|d| (spec.key(&d), d)));
+        }
+        Ok(Box::new(
+            std::iter::from_fn(move || {
+                let mut best: Option<usize> = None;
+                for (index, head) in heads.iter().enumerate() {
+                    if let Some((key, _)) = head {
+                        let better = match best {
+                            None => true,
+                            Some(b) => {
+                                spec.compare_keys(key, &heads[b].as_ref().expect("present").0)
+                                    == Ordering::Less
+                            }
+                        };
+                        if better {
+                            best = Some(index);
+                        }
                     }
-                };
-                if better {
-                    best = Some(index);
                 }
-            }
-        }
-        let index = best?;
-        let (_, document) = heads[index].take().expect("present");
-        match runs[index].next() {
-            Ok(next) => heads[index] = next.map(|d| (spec.key(&d), d)),
-            Err(error) => return Some(Err(error)),
-        }
-        Some(Ok(document))
-    })))
+                let index = best?;
+                let (_, document) = heads[index].take().expect("present");
+                match runs[index].next() {
+                    Ok(next) => heads[index] = next.map(|d| (spec.key(&d), d)),
+                    Err(error) => return Some(Err(error)),
+                }
+                Some(Ok(document))
+            })
+            .take(keep),
+        ))
+    }
+}
+
+/// Sorts a stream within the memory limit, spilling sorted runs when allowed.
+pub fn sort_stream(
+    spec: &SortSpec,
+    input: DocumentStream<'_>,
+    options: &AggregateOptions,
+) -> Result<Box<dyn Iterator<Item = Result<Document>>>> {
+    let mut sorter = ExternalSorter::new(
+        spec.clone(),
+        options.memory_bytes_max,
+        options.allow_disk_use,
+        None,
+    );
+    for item in input {
+        sorter.push(item?)?;
+    }
+    sorter.finish()
 }
 
 /// The running state of one accumulator for one group.
