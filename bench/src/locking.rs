@@ -8,7 +8,9 @@
 //! - `uncontended_collection_ix`: one thread holding Global and Database, one Collection IX
 //!   acquire and release: the cost of a single intent lock.
 //! - `ix_distinct` / `ix_same`: N threads (1, 2, 4, 8) taking the IX chain on their own
-//!   collection / one shared collection; nothing inside the lock.
+//!   collection / one shared collection; nothing inside the lock. `ix_distinct` also has
+//!   `system: private_mutexes`: each thread locks five mutexes of its own, the machine's
+//!   ceiling for a workload that shares nothing.
 //! - `ix_distinct_periodic_x` / `ix_same_periodic_x`: the same while one more thread takes X on
 //!   collection 0 every 5 ms and holds it 1 ms.
 //! - `readers_waiting_writer`: 4 readers take IS on one collection and hold it 50 us; a writer
@@ -43,6 +45,9 @@ pub fn run(settings: &Settings, reporter: &mut Reporter) -> anyhow::Result<()> {
         for threads in [1, 2, 4, 8] {
             let record = intent_throughput(workload, threads, same, periodic_x, run_for);
             reporter.emit(&record)?;
+            if workload == "ix_distinct" {
+                reporter.emit(&private_mutexes(threads, run_for))?;
+            }
         }
     }
     for record in readers_with_waiting_writer(run_for) {
@@ -94,7 +99,10 @@ fn emit_uncontended(
 ) -> anyhow::Result<()> {
     let mut record = record(workload, system, 1, ops, elapsed);
     let ns_per_op = elapsed.as_nanos() as f64 / ops as f64;
-    record.extra.insert("ns_per_op".into(), Value::from((ns_per_op * 10.0).round() / 10.0));
+    record.extra.insert(
+        "ns_per_op".into(),
+        Value::from((ns_per_op * 10.0).round() / 10.0),
+    );
     reporter.emit(&record)
 }
 
@@ -104,9 +112,10 @@ fn uncontended(reporter: &mut Reporter, run_for: Duration) -> anyhow::Result<()>
     let ns = collection(0);
     // Warm the lock table.
     drop(locker.lock_collection(&ns, LockMode::IX)?);
-    for (workload, mode) in
-        [("uncontended_ix_chain", LockMode::IX), ("uncontended_is_chain", LockMode::IS)]
-    {
+    for (workload, mode) in [
+        ("uncontended_ix_chain", LockMode::IX),
+        ("uncontended_is_chain", LockMode::IS),
+    ] {
         let measured = repeat(run_for, || {
             let guard = locker.lock_collection(&ns, mode).expect("uncontended lock");
             black_box(&guard);
@@ -116,7 +125,9 @@ fn uncontended(reporter: &mut Reporter, run_for: Duration) -> anyhow::Result<()>
     {
         let _database = locker.lock_database(&ns.db, LockMode::IX)?;
         let measured = repeat(run_for, || {
-            let guard = locker.lock_collection(&ns, LockMode::IX).expect("uncontended lock");
+            let guard = locker
+                .lock_collection(&ns, LockMode::IX)
+                .expect("uncontended lock");
             black_box(&guard);
         });
         emit_uncontended(reporter, "uncontended_collection_ix", "cairn", measured)?;
@@ -182,7 +193,9 @@ fn intent_throughput(
             let mut taken = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 thread::sleep(Duration::from_millis(5));
-                let guard = locker.lock_collection(&collection(0), LockMode::X).expect("X");
+                let guard = locker
+                    .lock_collection(&collection(0), LockMode::X)
+                    .expect("X");
                 thread::sleep(Duration::from_millis(1));
                 drop(guard);
                 taken += 1;
@@ -206,8 +219,54 @@ fn intent_throughput(
     record.latencies = Some(latencies);
     if let Some(exclusive) = exclusive {
         let taken = exclusive.join().expect("periodic X");
-        record.extra.insert("x_acquisitions".into(), Value::from(taken));
+        record
+            .extra
+            .insert("x_acquisitions".into(), Value::from(taken));
     }
+    record
+}
+
+/// The machine's ceiling for `ix_distinct`: each thread locks and unlocks five mutexes of its
+/// own (nothing shared), timed the same way.
+fn private_mutexes(threads: usize, run_for: Duration) -> Record {
+    let stop = Arc::new(AtomicBool::new(false));
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let (stop, barrier) = (stop.clone(), barrier.clone());
+            thread::spawn(move || {
+                let mutexes: Vec<std::sync::Mutex<u64>> =
+                    (0..5).map(|_| std::sync::Mutex::new(0)).collect();
+                let mut latencies = Latencies::new();
+                let mut ops = 0u64;
+                barrier.wait();
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    for _ in 0..SAMPLE_EVERY {
+                        let guards: Vec<_> =
+                            mutexes.iter().map(|m| m.lock().expect("not poisoned")).collect();
+                        black_box(&guards);
+                    }
+                    latencies.record(started.elapsed() / SAMPLE_EVERY as u32);
+                    ops += SAMPLE_EVERY;
+                }
+                (ops, latencies)
+            })
+        })
+        .collect();
+    barrier.wait();
+    let started = Instant::now();
+    thread::sleep(run_for);
+    stop.store(true, Ordering::Relaxed);
+    let mut ops = 0;
+    let mut latencies = Latencies::new();
+    for worker in workers {
+        let (worker_ops, worker_latencies) = worker.join().expect("worker");
+        ops += worker_ops;
+        latencies.merge(&worker_latencies);
+    }
+    let mut record = record("ix_distinct", "private_mutexes", threads, ops, started.elapsed());
+    record.latencies = Some(latencies);
     record
 }
 
@@ -250,7 +309,9 @@ fn readers_with_waiting_writer(run_for: Duration) -> Vec<Record> {
             while !stop.load(Ordering::Relaxed) {
                 thread::sleep(Duration::from_millis(10));
                 let started = Instant::now();
-                let guard = locker.lock_collection(&collection(0), LockMode::X).expect("X");
+                let guard = locker
+                    .lock_collection(&collection(0), LockMode::X)
+                    .expect("X");
                 waits.record(started.elapsed());
                 drop(guard);
             }
@@ -272,10 +333,13 @@ fn readers_with_waiting_writer(run_for: Duration) -> Vec<Record> {
     let elapsed = started.elapsed();
     let mut readers_record = record("readers_waiting_writer", "cairn", READERS, ops, elapsed);
     readers_record.latencies = Some(latencies);
-    readers_record.extra.insert("role".into(), Value::from("readers"));
-    let mut writer_record =
-        record("readers_waiting_writer", "cairn", 1, waits.count(), elapsed);
-    writer_record.extra.insert("role".into(), Value::from("writer_wait"));
+    readers_record
+        .extra
+        .insert("role".into(), Value::from("readers"));
+    let mut writer_record = record("readers_waiting_writer", "cairn", 1, waits.count(), elapsed);
+    writer_record
+        .extra
+        .insert("role".into(), Value::from("writer_wait"));
     writer_record
         .extra
         .insert("max_wait_us".into(), Value::from(waits.quantile_us(1.0)));

@@ -18,8 +18,12 @@
 //!   granted from the front while each request is compatible with the granted modes and the
 //!   remaining conversion targets; the first that is not stops the batch (strict FIFO).
 //!
+//! Intent grants made on the manager's fast path (IS/IX without this state's mutex, see
+//! `manager.rs`) are not requests here; every method takes them as `external`, the set of modes
+//! they hold, and treats them as granted.
+//!
 //! Invariants (asserted on every grant, in release builds too): every pair of granted modes is
-//! compatible. Checked by [`HeadState::check_invariants`] (O(n), used by tests): the counts match
+//! compatible, counting the external ones. Checked by [`HeadState::check_invariants`] (O(n), used by tests): the counts match
 //! the requests, and no waiter is left that the rules would grant now.
 
 use crate::mode::{LOCK_MODES, LockMode, conflicts_with_any};
@@ -214,6 +218,14 @@ impl<O: Owner> HeadState<O> {
         Self::mask(&self.granted_counts)
     }
 
+    /// True when intent requests may be granted without this state: nothing but IS and IX is
+    /// granted and nobody waits.
+    pub fn is_quiet(&self) -> bool {
+        self.pending.is_empty()
+            && self.converting.is_empty()
+            && self.granted_mask() & (LockMode::S.bit() | LockMode::X.bit()) == 0
+    }
+
     fn conversion_targets_mask(&self) -> u8 {
         let mut bits = 0;
         for &slot in &self.converting {
@@ -223,20 +235,27 @@ impl<O: Owner> HeadState<O> {
         bits
     }
 
-    /// The granted modes without one request's own contribution.
-    fn granted_mask_without(&self, slot: usize) -> u8 {
+    /// The granted modes without one request's own contribution, plus `external`.
+    fn granted_mask_without(&self, slot: usize, external: u8) -> u8 {
         let own = self.granted.get(slot).expect("granted slot").mode;
         let mut counts = self.granted_counts;
         counts[own.index()] -= 1;
-        Self::mask(&counts)
+        Self::mask(&counts) | external
     }
 
-    /// Grants a request: the one place a new granted entry is made. Asserts the matrix.
-    fn grant_new(&mut self, owner: O, mode: LockMode, enqueue_at_front: bool) -> usize {
+    /// Grants a request: the one place a new granted entry is made. Asserts the matrix against
+    /// the granted requests and the `external` modes (intent grants made outside this state).
+    fn grant_new(
+        &mut self,
+        owner: O,
+        mode: LockMode,
+        enqueue_at_front: bool,
+        external: u8,
+    ) -> usize {
+        let granted = self.granted_mask() | external;
         assert!(
-            !conflicts_with_any(mode, self.granted_mask()),
-            "lock matrix violated: granting {mode} while {:04b} is granted",
-            self.granted_mask()
+            !conflicts_with_any(mode, granted),
+            "lock matrix violated: granting {mode} while {granted:04b} is granted"
         );
         self.granted_counts[mode.index()] += 1;
         self.granted.insert(GrantedRequest {
@@ -249,8 +268,8 @@ impl<O: Owner> HeadState<O> {
 
     /// Changes a granted request's mode: the one place a conversion is applied. Asserts the
     /// matrix against the other granted requests.
-    fn apply_conversion(&mut self, slot: usize, to: LockMode) {
-        let others = self.granted_mask_without(slot);
+    fn apply_conversion(&mut self, slot: usize, to: LockMode, external: u8) {
+        let others = self.granted_mask_without(slot, external);
         assert!(
             !conflicts_with_any(to, others),
             "lock matrix violated: converting to {to} while {others:04b} is granted to others"
@@ -267,16 +286,22 @@ impl<O: Owner> HeadState<O> {
         self.granted_counts[to.index()] += 1;
     }
 
-    /// A new request by an owner that holds nothing here.
-    pub fn request(&mut self, owner: O, mode: LockMode, enqueue_at_front: bool) -> RequestOutcome {
-        let mut blocking = self.granted_mask() | self.conversion_targets_mask();
+    /// A new request by an owner that holds nothing here. `external`: the modes granted outside
+    /// this state (the intent fast path), as bits; the same in every method below.
+    pub fn request(
+        &mut self,
+        owner: O,
+        mode: LockMode,
+        enqueue_at_front: bool,
+        external: u8,
+    ) -> RequestOutcome {
+        let mut blocking = self.granted_mask() | self.conversion_targets_mask() | external;
         if !enqueue_at_front {
             blocking |= Self::mask(&self.pending_counts);
         }
         if !conflicts_with_any(mode, blocking) {
-            return RequestOutcome::Granted {
-                slot: self.grant_new(owner, mode, enqueue_at_front),
-            };
+            let slot = self.grant_new(owner, mode, enqueue_at_front, external);
+            return RequestOutcome::Granted { slot };
         }
         let request_id = self.next_request_id;
         self.next_request_id += 1;
@@ -296,7 +321,7 @@ impl<O: Owner> HeadState<O> {
     }
 
     /// An upgrade of the granted request in `slot` to `to` (which must be an allowed upgrade).
-    pub fn convert(&mut self, slot: usize, to: LockMode) -> ConvertOutcome {
+    pub fn convert(&mut self, slot: usize, to: LockMode, external: u8) -> ConvertOutcome {
         let entry = self
             .granted
             .get(slot)
@@ -307,8 +332,8 @@ impl<O: Owner> HeadState<O> {
             "conversion {}->{to} is not allowed",
             entry.mode
         );
-        if !conflicts_with_any(to, self.granted_mask_without(slot)) {
-            self.apply_conversion(slot, to);
+        if !conflicts_with_any(to, self.granted_mask_without(slot, external)) {
+            self.apply_conversion(slot, to, external);
             return ConvertOutcome::Granted;
         }
         self.granted.get_mut(slot).expect("granted slot").convert = Some(to);
@@ -317,19 +342,25 @@ impl<O: Owner> HeadState<O> {
     }
 
     /// Releases the granted request in `slot` and returns the grants this makes.
-    pub fn release(&mut self, slot: usize) -> Vec<Grant<O>> {
+    pub fn release(&mut self, slot: usize, external: u8) -> Vec<Grant<O>> {
         let entry = self.granted.remove(slot);
         assert!(
             entry.convert.is_none(),
             "releasing a request that is still converting"
         );
         self.granted_counts[entry.mode.index()] -= 1;
-        self.grant_waiters()
+        self.grant_waiters(external)
+    }
+
+    /// Records a grant made elsewhere (an intent fast-path grant moved in before a conversion).
+    /// Asserts the matrix like any grant.
+    pub fn adopt(&mut self, owner: O, mode: LockMode, external: u8) -> usize {
+        self.grant_new(owner, mode, false, external)
     }
 
     /// Withdraws a queued request (timeout, kill, deadlock). `None` when it is no longer queued:
     /// it was granted, and the caller finds its slot in the grant it was sent.
-    pub fn cancel_request(&mut self, request_id: u64) -> Option<Vec<Grant<O>>> {
+    pub fn cancel_request(&mut self, request_id: u64, external: u8) -> Option<Vec<Grant<O>>> {
         let position = self
             .pending
             .iter()
@@ -340,23 +371,23 @@ impl<O: Owner> HeadState<O> {
             .expect("position is in the queue");
         self.pending_counts[request.mode.index()] -= 1;
         // The withdrawn request may have been the one that stopped the batch.
-        Some(self.grant_waiters())
+        Some(self.grant_waiters(external))
     }
 
     /// Withdraws a waiting conversion; the request keeps its current mode. `None` when the
     /// conversion was already granted.
-    pub fn cancel_conversion(&mut self, slot: usize) -> Option<Vec<Grant<O>>> {
+    pub fn cancel_conversion(&mut self, slot: usize, external: u8) -> Option<Vec<Grant<O>>> {
         let position = self.converting.iter().position(|&s| s == slot)?;
         self.converting.remove(position);
         self.granted
             .get_mut(slot)
             .expect("converting slot is granted")
             .convert = None;
-        Some(self.grant_waiters())
+        Some(self.grant_waiters(external))
     }
 
     /// Grants every waiter the rules allow now: conversions first, then the queue from the front.
-    fn grant_waiters(&mut self) -> Vec<Grant<O>> {
+    pub fn grant_waiters(&mut self, external: u8) -> Vec<Grant<O>> {
         let mut grants = Vec::new();
         let mut index = 0;
         while index < self.converting.len() {
@@ -366,19 +397,19 @@ impl<O: Owner> HeadState<O> {
                 .get(slot)
                 .and_then(|e| e.convert)
                 .expect("converting");
-            if conflicts_with_any(to, self.granted_mask_without(slot)) {
+            if conflicts_with_any(to, self.granted_mask_without(slot, external)) {
                 index += 1;
                 continue;
             }
             self.converting.remove(index);
-            self.apply_conversion(slot, to);
+            self.apply_conversion(slot, to, external);
             let owner = self.granted.get(slot).expect("granted slot").owner.clone();
             grants.push(Grant::Conversion { owner, slot });
             // A granted conversion only strengthens the granted set: conversions skipped
             // before it stay blocked, so the scan goes on from here.
         }
         while let Some(front) = self.pending.front() {
-            let blocking = self.granted_mask() | self.conversion_targets_mask();
+            let blocking = self.granted_mask() | self.conversion_targets_mask() | external;
             if conflicts_with_any(front.mode, blocking) {
                 break;
             }
@@ -388,6 +419,7 @@ impl<O: Owner> HeadState<O> {
                 request.owner.clone(),
                 request.mode,
                 request.enqueue_at_front,
+                external,
             );
             grants.push(Grant::New {
                 owner: request.owner,
@@ -434,6 +466,18 @@ impl<O: Owner> HeadState<O> {
         blockers
     }
 
+    /// The mode a waiter waits for; `None` when it no longer waits.
+    pub fn wanted(&self, wait: WaitRef) -> Option<LockMode> {
+        match wait {
+            WaitRef::Request { request_id } => self
+                .pending
+                .iter()
+                .find(|p| p.request_id == request_id)
+                .map(|p| p.mode),
+            WaitRef::Conversion { slot } => self.granted.get(slot).and_then(|e| e.convert),
+        }
+    }
+
     /// The granted requests (slot order), for lockInfo.
     pub fn granted(&self) -> impl Iterator<Item = (usize, &GrantedRequest<O>)> {
         self.granted.iter()
@@ -452,7 +496,7 @@ impl<O: Owner> HeadState<O> {
 
     /// Checks every invariant; O(n), for tests.
     #[cfg(test)]
-    pub fn check_invariants(&self) {
+    pub fn check_invariants(&self, external: u8) {
         let mut counts = [0u32; LOCK_MODES];
         let mut owners = Vec::new();
         for (slot, entry) in self.granted.iter() {
@@ -493,12 +537,12 @@ impl<O: Owner> HeadState<O> {
                 .and_then(|e| e.convert)
                 .expect("converting");
             assert!(
-                conflicts_with_any(to, self.granted_mask_without(slot)),
+                conflicts_with_any(to, self.granted_mask_without(slot, external)),
                 "conversion in slot {slot} to {to} could be granted but waits"
             );
         }
         if let Some(front) = self.pending.front() {
-            let blocking = self.granted_mask() | self.conversion_targets_mask();
+            let blocking = self.granted_mask() | self.conversion_targets_mask() | external;
             assert!(
                 conflicts_with_any(front.mode, blocking),
                 "front request {} could be granted but waits",
@@ -536,15 +580,15 @@ mod tests {
         for held in LockMode::ALL {
             for wanted in LockMode::ALL {
                 let mut head = HeadState::<u64>::new();
-                granted_slot(head.request(1, held, false));
-                let outcome = head.request(2, wanted, false);
+                granted_slot(head.request(1, held, false, 0));
+                let outcome = head.request(2, wanted, false, 0);
                 let was_granted = matches!(outcome, RequestOutcome::Granted { .. });
                 assert_eq!(
                     was_granted,
                     held.is_compatible_with(wanted),
                     "{held} then {wanted}"
                 );
-                head.check_invariants();
+                head.check_invariants(0);
             }
         }
     }
@@ -553,12 +597,12 @@ mod tests {
     fn grant_order_is_fifo_with_compatible_batches() {
         // X held; the queue IS, IS, X, X, S, IS.
         let mut head = HeadState::<u64>::new();
-        let holder = granted_slot(head.request(0, X, false));
+        let holder = granted_slot(head.request(0, X, false, 0));
         for (owner, mode) in [(1, IS), (2, IS), (3, X), (4, X), (5, S), (6, IS)] {
-            queued_id(head.request(owner, mode, false));
+            queued_id(head.request(owner, mode, false, 0));
         }
-        head.check_invariants();
-        let batch = head.release(holder);
+        head.check_invariants(0);
+        let batch = head.release(holder, 0);
         assert_eq!(
             granted_owners(&batch),
             [1, 2],
@@ -572,102 +616,102 @@ mod tests {
             })
             .collect();
         assert!(
-            head.release(slots[0]).is_empty(),
+            head.release(slots[0], 0).is_empty(),
             "X waits for the second IS"
         );
-        let batch = head.release(slots[1]);
+        let batch = head.release(slots[1], 0);
         assert_eq!(granted_owners(&batch), [3]);
         let Grant::New { slot: x3, .. } = batch[0] else {
             panic!()
         };
-        let batch = head.release(x3);
+        let batch = head.release(x3, 0);
         assert_eq!(granted_owners(&batch), [4]);
         let Grant::New { slot: x4, .. } = batch[0] else {
             panic!()
         };
-        let batch = head.release(x4);
+        let batch = head.release(x4, 0);
         assert_eq!(granted_owners(&batch), [5, 6], "S and IS together");
-        head.check_invariants();
+        head.check_invariants(0);
     }
 
     #[test]
     fn waiting_x_is_not_overtaken_by_new_readers() {
         let mut head = HeadState::<u64>::new();
-        let reader = granted_slot(head.request(1, IS, false));
-        queued_id(head.request(2, X, false));
+        let reader = granted_slot(head.request(1, IS, false, 0));
+        queued_id(head.request(2, X, false, 0));
         // A new IS is compatible with the granted IS but not with the waiting X: it queues.
-        queued_id(head.request(3, IS, false));
-        let batch = head.release(reader);
+        queued_id(head.request(3, IS, false, 0));
+        let batch = head.release(reader, 0);
         assert_eq!(granted_owners(&batch), [2]);
-        head.check_invariants();
+        head.check_invariants(0);
     }
 
     #[test]
     fn compatible_newcomer_passes_a_waiter_it_does_not_delay() {
         let mut head = HeadState::<u64>::new();
-        granted_slot(head.request(1, IX, false));
-        queued_id(head.request(2, S, false));
+        granted_slot(head.request(1, IX, false, 0));
+        queued_id(head.request(2, S, false, 0));
         // IS is compatible with IX (granted) and S (waiting): granted at once, as in MongoDB.
-        granted_slot(head.request(3, IS, false));
-        head.check_invariants();
+        granted_slot(head.request(3, IS, false, 0));
+        head.check_invariants(0);
     }
 
     #[test]
     fn conversions_jump_the_queue() {
         let mut head = HeadState::<u64>::new();
-        let a = granted_slot(head.request(1, IS, false));
-        let b = granted_slot(head.request(2, IS, false));
-        queued_id(head.request(3, X, false));
+        let a = granted_slot(head.request(1, IS, false, 0));
+        let b = granted_slot(head.request(2, IS, false, 0));
+        queued_id(head.request(3, X, false, 0));
         // IS->IX is compatible with the other IS: granted at once although X waits.
-        assert_eq!(head.convert(a, IX), ConvertOutcome::Granted);
+        assert_eq!(head.convert(a, IX, 0), ConvertOutcome::Granted);
         // IS->S conflicts with the IX now held by owner 1: waits, ahead of the queued X.
-        assert_eq!(head.convert(b, S), ConvertOutcome::Waiting);
-        head.check_invariants();
-        let grants = head.release(a);
+        assert_eq!(head.convert(b, S, 0), ConvertOutcome::Waiting);
+        head.check_invariants(0);
+        let grants = head.release(a, 0);
         assert_eq!(granted_owners(&grants), [2], "the conversion, not the X");
         assert!(matches!(grants[0], Grant::Conversion { slot, .. } if slot == b));
         assert_eq!(head.granted_at(b).map(|e| e.mode), Some(S));
-        let grants = head.release(b);
+        let grants = head.release(b, 0);
         assert_eq!(granted_owners(&grants), [3]);
-        head.check_invariants();
+        head.check_invariants(0);
     }
 
     #[test]
     fn cancelled_front_request_unblocks_the_batch_behind_it() {
         let mut head = HeadState::<u64>::new();
-        granted_slot(head.request(1, IX, false));
-        let x = queued_id(head.request(2, X, false));
-        queued_id(head.request(3, IS, false));
-        let grants = head.cancel_request(x).expect("queued");
+        granted_slot(head.request(1, IX, false, 0));
+        let x = queued_id(head.request(2, X, false, 0));
+        queued_id(head.request(3, IS, false, 0));
+        let grants = head.cancel_request(x, 0).expect("queued");
         assert_eq!(granted_owners(&grants), [3]);
-        assert!(head.cancel_request(x).is_none(), "already gone");
-        head.check_invariants();
+        assert!(head.cancel_request(x, 0).is_none(), "already gone");
+        head.check_invariants(0);
     }
 
     #[test]
     fn enqueue_at_front_goes_before_the_queue() {
         let mut head = HeadState::<u64>::new();
-        let holder = granted_slot(head.request(1, IX, false));
-        queued_id(head.request(2, X, false));
-        queued_id(head.request(3, X, true));
-        let grants = head.release(holder);
+        let holder = granted_slot(head.request(1, IX, false, 0));
+        queued_id(head.request(2, X, false, 0));
+        queued_id(head.request(3, X, true, 0));
+        let grants = head.release(holder, 0);
         assert_eq!(granted_owners(&grants), [3]);
-        head.check_invariants();
+        head.check_invariants(0);
     }
 
     #[test]
     fn blockers_are_conflicting_holders_and_requests_ahead() {
         let mut head = HeadState::<u64>::new();
-        let a = granted_slot(head.request(1, S, false));
-        granted_slot(head.request(2, S, false));
-        let x = queued_id(head.request(3, X, false));
-        let is = queued_id(head.request(4, IS, false));
+        let a = granted_slot(head.request(1, S, false, 0));
+        granted_slot(head.request(2, S, false, 0));
+        let x = queued_id(head.request(3, X, false, 0));
+        let is = queued_id(head.request(4, IS, false, 0));
         let mut blockers = head.blockers(WaitRef::Request { request_id: x });
         blockers.sort_unstable();
         assert_eq!(blockers, [1, 2]);
         assert_eq!(head.blockers(WaitRef::Request { request_id: is }), [3]);
         // Two S holders that both convert to X wait for each other.
-        assert_eq!(head.convert(a, X), ConvertOutcome::Waiting);
+        assert_eq!(head.convert(a, X, 0), ConvertOutcome::Waiting);
         assert_eq!(head.blockers(WaitRef::Conversion { slot: a }), [2]);
     }
 }

@@ -17,8 +17,8 @@
 //! - The ticket is held exactly while the Global lock is (except between taking the ticket and
 //!   the Global lock, and while yielded, when neither is held).
 
-use crate::head::{ConvertOutcome, HeadState, Owner, RequestOutcome, WaitRef};
-use crate::manager::{Inner, LockHead, LockManager};
+use crate::head::{ConvertOutcome, Owner, RequestOutcome, WaitRef};
+use crate::manager::{FAST_PARTITIONS, Inner, LockHead, LockManager};
 use crate::mode::LockMode;
 use crate::resource::{RESOURCE_TYPES, ResourceId, ResourceType};
 use crate::stats::LockStats;
@@ -28,7 +28,7 @@ use bson::{Document, doc};
 use cairn_types::{Error, ErrorCode, Namespace, Result};
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Whether an operation takes an admission ticket.
@@ -119,6 +119,19 @@ pub(crate) struct OpShared {
     pub stats: LockStats,
     pub num_yields: AtomicU64,
     pub interruptible_by_state_change: bool,
+    /// The intent grants this operation holds on the fast path (which no lock head lists), for
+    /// lockInfo and the deadlock detector. Written only by the operation.
+    fast_holds: [FastHold; FAST_HOLDS_MAX],
+}
+
+/// Most fast-path grants one operation holds at once; more go through the mutex.
+const FAST_HOLDS_MAX: usize = 8;
+
+/// One published fast-path grant: the head's address (0: free) and the mode.
+#[derive(Default)]
+struct FastHold {
+    head: AtomicUsize,
+    mode: AtomicU8,
 }
 
 impl Owner for Arc<OpShared> {
@@ -143,7 +156,35 @@ impl OpShared {
             stats: LockStats::default(),
             num_yields: AtomicU64::new(0),
             interruptible_by_state_change: options.interruptible_by_state_change,
+            fast_holds: Default::default(),
         }
+    }
+
+    fn publish_fast(&self, index: usize, head: &LockHead, mode: LockMode) {
+        self.fast_holds[index]
+            .mode
+            .store(mode.index() as u8, Ordering::Relaxed);
+        self.fast_holds[index]
+            .head
+            .store(head.address(), Ordering::Release);
+    }
+
+    fn unpublish_fast(&self, index: usize) {
+        self.fast_holds[index].head.store(0, Ordering::Release);
+    }
+
+    /// The mode this operation holds on `head` through the fast path, if any.
+    pub fn fast_hold_on(&self, head: &LockHead) -> Option<LockMode> {
+        let address = head.address();
+        self.fast_holds
+            .iter()
+            .find(|hold| hold.head.load(Ordering::Acquire) == address)
+            .map(|hold| LockMode::from_index(hold.mode.load(Ordering::Relaxed) as usize))
+    }
+
+    /// Whether this operation holds any mode on resources of `kind`.
+    pub fn holds_type(&self, kind: ResourceType) -> bool {
+        self.held_modes[kind.index()].load(Ordering::Relaxed) > 0
     }
 
     /// Marks the operation killed with `code` (the first kill wins) and wakes it if it waits.
@@ -296,11 +337,58 @@ impl Target<'_> {
     }
 }
 
+/// Which head: the fixed ones are reached through the manager, so that taking them touches no
+/// shared reference count.
+enum HeadRef {
+    ReplicationStateTransition,
+    Global,
+    Oplog,
+    Table(Arc<LockHead>),
+    /// The database head of this collection head: a database lock taken with a collection
+    /// lock holds the collection's head, whose reference count is not shared with every
+    /// operation in the database.
+    ParentOf(Arc<LockHead>),
+}
+
+impl HeadRef {
+    fn get<'a>(&'a self, inner: &'a Inner) -> &'a LockHead {
+        match self {
+            HeadRef::ReplicationStateTransition => &inner.rstl,
+            HeadRef::Global => &inner.global,
+            HeadRef::Oplog => &inner.oplog,
+            HeadRef::Table(head) => head,
+            HeadRef::ParentOf(head) => head
+                .parent
+                .as_ref()
+                .expect("a collection head has a parent"),
+        }
+    }
+
+    fn arc(&self, inner: &Inner) -> Arc<LockHead> {
+        match self {
+            HeadRef::ReplicationStateTransition => inner.rstl.clone(),
+            HeadRef::Global => inner.global.clone(),
+            HeadRef::Oplog => inner.oplog.clone(),
+            HeadRef::Table(head) => head.clone(),
+            HeadRef::ParentOf(head) => head.parent.clone().expect("a collection head has a parent"),
+        }
+    }
+}
+
+/// How a held resource was granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HeldGrant {
+    /// A request in the head's state, in this slot.
+    Slot(usize),
+    /// A fast-path intent grant, published in this index of `OpShared::fast_holds`.
+    Fast { publish: usize },
+}
+
 /// One resource an operation holds.
 struct Held {
-    head: Arc<LockHead>,
-    /// The request's slot in the head (meaningful while `in_manager`).
-    slot: usize,
+    head: HeadRef,
+    /// Meaningful while `in_manager`.
+    grant: HeldGrant,
     mode: LockMode,
     /// Recursive acquisitions not yet released (one per guard).
     count: u32,
@@ -328,6 +416,10 @@ pub struct Locker {
     admission: Admission,
     takes_rstl: bool,
     yielded: Cell<bool>,
+    /// This operation's partition of the intent fast path.
+    partition: usize,
+    /// Bits of `OpShared::fast_holds` in use.
+    publish_used: Cell<u8>,
 }
 
 /// Up to this many resources under one guard (RSTL, Global, Database, Collection).
@@ -366,7 +458,10 @@ impl<'l> LockGuard<'l> {
             .iter()
             .map(|&i| {
                 let entry = held[i].as_ref().expect("guarded entry");
-                (entry.head.resource.clone(), entry.mode)
+                (
+                    entry.head.get(self.locker.inner()).resource.clone(),
+                    entry.mode,
+                )
             })
             .collect()
     }
@@ -386,6 +481,7 @@ impl Locker {
         shared: Arc<OpShared>,
         options: &LockerOptions,
     ) -> Self {
+        let opid = shared.opid;
         let locker = Locker {
             deadline: Cell::new(None),
             lock_timeout_ms: Cell::new(options.lock_timeout_ms),
@@ -396,6 +492,8 @@ impl Locker {
             held: RefCell::new(Vec::with_capacity(GUARD_RESOURCES_MAX)),
             ticket: Cell::new(None),
             yielded: Cell::new(false),
+            partition: opid as usize % FAST_PARTITIONS,
+            publish_used: Cell::new(0),
         };
         locker.set_max_time_ms(options.max_time_ms);
         locker
@@ -458,13 +556,10 @@ impl Locker {
         let took_ticket = self.ensure_ticket(mode)?;
         let result = (|| {
             if self.takes_rstl {
-                guard.push(self.acquire(
-                    Target::ReplicationStateTransition,
-                    LockMode::IX,
-                    false,
-                )?);
+                let rstl = Target::ReplicationStateTransition;
+                guard.push(self.acquire(rstl, LockMode::IX, false, None)?);
             }
-            guard.push(self.acquire(Target::Global, mode, false)?);
+            guard.push(self.acquire(Target::Global, mode, false, None)?);
             Ok(())
         })();
         match result {
@@ -482,7 +577,7 @@ impl Locker {
     /// Takes database `db` in `mode`, and Global in the intent mode.
     pub fn lock_database(&self, db: &str, mode: LockMode) -> Result<LockGuard<'_>> {
         let mut guard = self.lock_global(mode.intent())?;
-        guard.push(self.acquire(Target::Database(db), mode, false)?);
+        guard.push(self.acquire(Target::Database(db), mode, false, None)?);
         Ok(guard)
     }
 
@@ -492,8 +587,16 @@ impl Locker {
         if ns.is_oplog() {
             return self.lock_oplog(mode);
         }
-        let mut guard = self.lock_database(&ns.db, mode.intent())?;
-        guard.push(self.acquire(Target::Collection(ns), mode, false)?);
+        // One table lookup: the collection's head knows its database's head.
+        let target = Target::Collection(ns);
+        let head = match self.find_held(target) {
+            Some(_) => None,
+            None => Some(self.inner().head(target)),
+        };
+        let database = head.clone().map(HeadRef::ParentOf);
+        let mut guard = self.lock_global(mode.intent())?;
+        guard.push(self.acquire(Target::Database(&ns.db), mode.intent(), false, database)?);
+        guard.push(self.acquire(target, mode, false, head.map(HeadRef::Table))?);
         Ok(guard)
     }
 
@@ -501,7 +604,7 @@ impl Locker {
     /// oplog is its own resource so that writers of every database share only it).
     pub fn lock_oplog(&self, mode: LockMode) -> Result<LockGuard<'_>> {
         let mut guard = self.lock_global(mode.intent())?;
-        guard.push(self.acquire(Target::Oplog, mode, false)?);
+        guard.push(self.acquire(Target::Oplog, mode, false, None)?);
         Ok(guard)
     }
 
@@ -518,34 +621,49 @@ impl Locker {
             ));
         }
         let mode = LockMode::X;
-        self.shared
-            .stats
-            .record_acquire(ResourceType::ReplicationStateTransition, mode);
-        let head = self.inner().rstl.clone();
-        let mut state = head.state.lock();
-        let slot = match state.request(self.shared.clone(), mode, true) {
+        let kind = ResourceType::ReplicationStateTransition;
+        self.shared.stats.record_acquire(kind, mode);
+        let inner = self.inner();
+        let mut state = inner.rstl.state.lock();
+        let external = inner.rstl.enter_slow();
+        let slot = match state.request(self.shared.clone(), mode, true, external) {
             RequestOutcome::Granted { slot } => {
                 drop(state);
                 slot
             }
             RequestOutcome::Queued { request_id } => {
-                let victims = conflicting_owners(&state, &self.shared);
+                // Holders are in the state or on the fast path (seen through what every
+                // operation publishes); waiters are in the queue.
+                let mut victims: Vec<Arc<OpShared>> = state
+                    .pending()
+                    .map(|request| request.owner.clone())
+                    .collect();
+                victims.extend(state.granted().map(|(_, entry)| entry.owner.clone()));
+                victims.extend(
+                    inner
+                        .live_operations()
+                        .into_iter()
+                        .filter(|op| op.holds_type(kind)),
+                );
+                victims
+                    .retain(|op| op.opid != self.shared.opid && op.interruptible_by_state_change);
                 let wait = WaitRef::Request { request_id };
-                self.begin_lock_wait(&head, wait);
+                self.begin_lock_wait(inner.rstl.clone(), wait);
                 drop(state);
                 for victim in victims {
                     victim.kill(ErrorCode::InterruptedDueToReplStateChange);
                 }
-                self.wait_for_lock(&head, wait, mode)?
+                self.wait_for_lock(&inner.rstl, wait, mode)?
             }
         };
-        let index = self.insert_held(Held {
-            head,
-            slot,
+        let entry = Held {
+            head: HeadRef::ReplicationStateTransition,
+            grant: HeldGrant::Slot(slot),
             mode,
             count: 1,
             in_manager: true,
-        });
+        };
+        let index = self.insert_held(entry);
         let mut guard = LockGuard::new(self);
         guard.push(index);
         Ok(guard)
@@ -609,21 +727,21 @@ impl Locker {
 
     fn find_held(&self, target: Target<'_>) -> Option<usize> {
         let held = self.held.borrow();
-        let fixed = match target {
-            Target::ReplicationStateTransition => Some(&self.inner().rstl),
-            Target::Global => Some(&self.inner().global),
-            Target::Oplog => Some(&self.inner().oplog),
-            Target::Database(_) | Target::Collection(_) => None,
-        };
-        held.iter().position(|entry| match (entry, fixed) {
-            (Some(entry), Some(head)) => Arc::ptr_eq(&entry.head, head),
-            (Some(entry), None) => target.matches(&entry.head.resource),
-            (None, _) => false,
-        })
+        held.iter()
+            .position(|entry| match (entry.as_ref().map(|e| &e.head), target) {
+                (Some(HeadRef::ReplicationStateTransition), Target::ReplicationStateTransition)
+                | (Some(HeadRef::Global), Target::Global)
+                | (Some(HeadRef::Oplog), Target::Oplog) => true,
+                (
+                    Some(head @ (HeadRef::Table(_) | HeadRef::ParentOf(_))),
+                    Target::Database(_) | Target::Collection(_),
+                ) => target.matches(&head.get(self.inner()).resource),
+                _ => false,
+            })
     }
 
     fn insert_held(&self, entry: Held) -> usize {
-        let kind = entry.head.resource.resource_type();
+        let kind = entry.head.get(self.inner()).resource.resource_type();
         let mut held = self.held.borrow_mut();
         let index = match held.iter().position(Option::is_none) {
             Some(index) => {
@@ -640,18 +758,25 @@ impl Locker {
     }
 
     fn refresh_held_mode(&self, held: &[Option<Held>], kind: ResourceType) {
+        let inner = self.inner();
         let strongest = held
             .iter()
             .flatten()
-            .filter(|e| e.in_manager && e.head.resource.resource_type() == kind)
+            .filter(|e| e.in_manager && e.head.get(inner).resource.resource_type() == kind)
             .map(|e| e.mode)
             .max();
         self.shared.set_held_mode(kind, strongest);
     }
 
     /// Acquires one resource (recursively, by conversion, or anew) and returns its index in
-    /// `held`.
-    fn acquire(&self, target: Target<'_>, mode: LockMode, enqueue_at_front: bool) -> Result<usize> {
+    /// `held`. `resolved`: the resource's head when the caller already looked it up.
+    fn acquire(
+        &self,
+        target: Target<'_>,
+        mode: LockMode,
+        enqueue_at_front: bool,
+        resolved: Option<HeadRef>,
+    ) -> Result<usize> {
         self.check_killed()?;
         let kind = target.resource_type();
         self.shared.stats.record_acquire(kind, mode);
@@ -669,16 +794,13 @@ impl Locker {
             }
             if !held_mode.covers(mode) {
                 if !held_mode.can_upgrade_to(mode) {
+                    let resource = self.held.borrow()[index]
+                        .as_ref()
+                        .map(|e| e.head.get(self.inner()).resource.to_string())
+                        .unwrap_or_default();
                     return Err(Error::new(
                         ErrorCode::IllegalOperation,
-                        format!(
-                            "cannot convert the {held_mode} lock on {} to {mode}",
-                            self.held.borrow()[index]
-                                .as_ref()
-                                .expect("entry")
-                                .head
-                                .resource
-                        ),
+                        format!("cannot convert the {held_mode} lock on {resource} to {mode}"),
                     ));
                 }
                 self.convert(index, mode)?;
@@ -688,50 +810,99 @@ impl Locker {
             self.refresh_held_mode(&held, kind);
             return Ok(index);
         }
-        let head = self.inner().head(target);
-        let slot = self.request(&head, mode, enqueue_at_front)?;
+        let head = match target {
+            Target::ReplicationStateTransition => HeadRef::ReplicationStateTransition,
+            Target::Global => HeadRef::Global,
+            Target::Oplog => HeadRef::Oplog,
+            Target::Database(_) | Target::Collection(_) => {
+                resolved.unwrap_or_else(|| HeadRef::Table(self.inner().head(target)))
+            }
+        };
+        let grant = self.grant_on(&head, mode, enqueue_at_front)?;
         Ok(self.insert_held(Held {
             head,
-            slot,
+            grant,
             mode,
             count: 1,
             in_manager: true,
         }))
     }
 
-    /// Requests `mode` on `head` (which this operation does not hold) and waits for the grant.
-    fn request(
+    /// Gets `mode` on `head` (which this operation does not hold): on the fast path when it
+    /// can, else as a request that may wait.
+    fn grant_on(
         &self,
-        head: &Arc<LockHead>,
+        head: &HeadRef,
         mode: LockMode,
         enqueue_at_front: bool,
-    ) -> Result<usize> {
-        let mut state = head.state.lock();
-        match state.request(self.shared.clone(), mode, enqueue_at_front) {
-            RequestOutcome::Granted { slot } => Ok(slot),
+    ) -> Result<HeldGrant> {
+        let lock_head = head.get(self.inner());
+        let used = self.publish_used.get();
+        if matches!(mode, LockMode::IS | LockMode::IX)
+            && !enqueue_at_front
+            && used != u8::MAX
+            && lock_head.try_fast_acquire(self.partition, mode)
+        {
+            let publish = used.trailing_ones() as usize;
+            self.publish_used.set(used | (1 << publish));
+            self.shared.publish_fast(publish, lock_head, mode);
+            return Ok(HeldGrant::Fast { publish });
+        }
+        let mut state = lock_head.state.lock();
+        let external = lock_head.enter_slow();
+        match state.request(self.shared.clone(), mode, enqueue_at_front, external) {
+            RequestOutcome::Granted { slot } => {
+                lock_head.settle(&state);
+                Ok(HeldGrant::Slot(slot))
+            }
             RequestOutcome::Queued { request_id } => {
                 let wait = WaitRef::Request { request_id };
-                self.begin_lock_wait(head, wait);
+                let head = head.arc(self.inner());
+                self.begin_lock_wait(head.clone(), wait);
                 drop(state);
-                self.wait_for_lock(head, wait, mode)
+                Ok(HeldGrant::Slot(self.wait_for_lock(&head, wait, mode)?))
             }
         }
     }
 
-    /// Upgrades the held entry `index` to `to`.
+    fn unpublish(&self, publish: usize) {
+        self.shared.unpublish_fast(publish);
+        self.publish_used
+            .set(self.publish_used.get() & !(1 << publish));
+    }
+
+    /// Upgrades the held entry `index` to `to`. A fast-path grant first becomes a request in
+    /// the head's state (conversions are decided under the mutex).
     fn convert(&self, index: usize, to: LockMode) -> Result<()> {
-        let (head, slot) = {
+        let inner = self.inner();
+        let (head, grant, from) = {
             let held = self.held.borrow();
             let entry = held[index].as_ref().expect("held entry");
-            (entry.head.clone(), entry.slot)
+            (entry.head.arc(inner), entry.grant, entry.mode)
         };
         let mut state = head.state.lock();
-        if state.convert(slot, to) == ConvertOutcome::Waiting {
+        let mut external = head.enter_slow();
+        let slot = match grant {
+            HeldGrant::Slot(slot) => slot,
+            HeldGrant::Fast { publish } => {
+                head.take_fast(self.partition, from);
+                external = head.enter_slow();
+                let slot = state.adopt(self.shared.clone(), from, external);
+                self.unpublish(publish);
+                self.held.borrow_mut()[index]
+                    .as_mut()
+                    .expect("held entry")
+                    .grant = HeldGrant::Slot(slot);
+                slot
+            }
+        };
+        if state.convert(slot, to, external) == ConvertOutcome::Waiting {
             let wait = WaitRef::Conversion { slot };
-            self.begin_lock_wait(&head, wait);
+            self.begin_lock_wait(head.clone(), wait);
             drop(state);
             self.wait_for_lock(&head, wait, to)?;
         } else {
+            head.settle(&state);
             drop(state);
         }
         self.held.borrow_mut()[index]
@@ -743,17 +914,14 @@ impl Locker {
 
     /// Publishes that this operation waits (called under the head's mutex, right after the
     /// request was queued).
-    fn begin_lock_wait(&self, head: &Arc<LockHead>, wait: WaitRef) {
+    fn begin_lock_wait(&self, head: Arc<LockHead>, wait: WaitRef) {
         self.shared.clear_note();
         let before = self.shared.wait_epoch.fetch_add(1, Ordering::SeqCst);
         assert!(
             before.is_multiple_of(2),
             "an operation waits for one lock at a time"
         );
-        *self.shared.waiting_on.lock() = Some(WaitTarget {
-            head: head.clone(),
-            wait,
-        });
+        *self.shared.waiting_on.lock() = Some(WaitTarget { head, wait });
         self.shared.waiting_for_lock.store(true, Ordering::Relaxed);
     }
 
@@ -846,20 +1014,23 @@ impl Locker {
             Ok(note) => Ok(note),
             Err(stop) => {
                 let mut state = head.state.lock();
+                let external = head.enter_slow();
                 let withdrawn = match wait {
-                    WaitRef::Request { request_id } => state.cancel_request(request_id),
-                    WaitRef::Conversion { slot } => state.cancel_conversion(slot),
+                    WaitRef::Request { request_id } => state.cancel_request(request_id, external),
+                    WaitRef::Conversion { slot } => state.cancel_conversion(slot, external),
                 };
                 match withdrawn {
                     Some(grants) => {
                         let before = self.shared.wait_epoch.fetch_add(1, Ordering::SeqCst);
                         assert!(before % 2 == 1, "withdrawing a wait that was not published");
                         deliver_grants(grants);
+                        head.settle(&state);
                         drop(state);
                         let what = format!("{mode} lock on '{}'", head.resource);
                         Err(self.stop_error(stop, timeout_code, &what))
                     }
                     None => {
+                        head.settle(&state);
                         drop(state);
                         // Granted meanwhile: the granter left the note in the cell under the
                         // head's mutex, which this thread has held since.
@@ -884,6 +1055,23 @@ impl Locker {
         }
     }
 
+    /// Gives back a held resource's grant to its head (the entry stays as it is).
+    fn release_grant(&self, entry: &Held) {
+        let head = entry.head.get(self.inner());
+        match entry.grant {
+            HeldGrant::Fast { publish } => {
+                head.fast_release(self.partition, entry.mode);
+                self.unpublish(publish);
+            }
+            HeldGrant::Slot(slot) => {
+                let mut state = head.state.lock();
+                let external = head.enter_slow();
+                deliver_grants(state.release(slot, external));
+                head.settle(&state);
+            }
+        }
+    }
+
     /// Releases one acquisition of the held entry `index` (the resource when the count ends).
     fn release_index(&self, index: usize) {
         let mut held = self.held.borrow_mut();
@@ -896,16 +1084,27 @@ impl Locker {
             return;
         }
         let entry = held[index].take().expect("entry");
-        let kind = entry.head.resource.resource_type();
+        let kind = entry.head.get(self.inner()).resource.resource_type();
         if entry.in_manager {
-            let mut state = entry.head.state.lock();
-            deliver_grants(state.release(entry.slot));
+            self.release_grant(&entry);
         }
         self.refresh_held_mode(&held, kind);
         drop(held);
         if kind == ResourceType::Global {
             self.release_ticket();
         }
+    }
+
+    /// Indices of held entries in canonical order.
+    fn canonical_order(&self) -> Vec<usize> {
+        let held = self.held.borrow();
+        let inner = self.inner();
+        let mut order: Vec<usize> = (0..held.len()).filter(|&i| held[i].is_some()).collect();
+        order.sort_by(|&a, &b| {
+            let resource = |i: usize| &held[i].as_ref().expect("entry").head.get(inner).resource;
+            resource(a).cmp(resource(b))
+        });
+        order
     }
 
     /// Yield, first half: releases every lock and the ticket, remembering them. The guards
@@ -915,21 +1114,16 @@ impl Locker {
             !self.yielded.get(),
             "save_lock_state twice without a restore"
         );
+        let order = self.canonical_order();
         let mut held = self.held.borrow_mut();
-        let mut order: Vec<usize> = (0..held.len()).filter(|&i| held[i].is_some()).collect();
-        order.sort_by(|&a, &b| {
-            let resource = |i: usize| &held[i].as_ref().expect("entry").head.resource;
-            resource(a).cmp(resource(b))
-        });
         let mut locks = Vec::with_capacity(order.len());
         for &index in order.iter().rev() {
             let entry = held[index].as_mut().expect("entry");
             if entry.in_manager {
-                let mut state = entry.head.state.lock();
-                deliver_grants(state.release(entry.slot));
+                self.release_grant(entry);
                 entry.in_manager = false;
             }
-            locks.push((entry.head.resource.clone(), entry.mode));
+            locks.push((entry.head.get(self.inner()).resource.clone(), entry.mode));
         }
         locks.reverse();
         for kind in ResourceType::ALL {
@@ -955,31 +1149,24 @@ impl Locker {
         if let Some(kind) = saved.ticket {
             self.take_ticket(kind)?;
         }
-        let mut order: Vec<usize> = {
-            let held = self.held.borrow();
-            (0..held.len()).filter(|&i| held[i].is_some()).collect()
-        };
-        order.sort_by(|&a, &b| {
-            let held = self.held.borrow();
-            let resource = |i: usize| &held[i].as_ref().expect("entry").head.resource;
-            resource(a).cmp(resource(b))
-        });
-        for index in order {
-            let (head, mode) = {
-                let held = self.held.borrow();
-                let entry = held[index].as_ref().expect("entry");
-                (entry.head.clone(), entry.mode)
-            };
+        for index in self.canonical_order() {
             self.check_killed()?;
-            self.shared
-                .stats
-                .record_acquire(head.resource.resource_type(), mode);
-            let slot = self.request(&head, mode, false)?;
+            // Take the head out of the entry while waiting (the guards do not touch it).
+            let (head, mode) = {
+                let mut held = self.held.borrow_mut();
+                let entry = held[index].as_mut().expect("entry");
+                let head = std::mem::replace(&mut entry.head, HeadRef::Global);
+                (head, entry.mode)
+            };
+            let kind = head.get(self.inner()).resource.resource_type();
+            self.shared.stats.record_acquire(kind, mode);
+            let outcome = self.grant_on(&head, mode, false);
             let mut held = self.held.borrow_mut();
             let entry = held[index].as_mut().expect("entry");
-            entry.slot = slot;
+            entry.head = head;
+            entry.grant = outcome?;
             entry.in_manager = true;
-            self.refresh_held_mode(&held, head.resource.resource_type());
+            self.refresh_held_mode(&held, kind);
         }
         Ok(())
     }
@@ -1002,18 +1189,19 @@ impl Locker {
     /// The locks this operation holds now (resource, mode, recursion count), in canonical order.
     pub fn held_locks(&self) -> Vec<(ResourceId, LockMode, u32)> {
         let held = self.held.borrow();
+        let inner = self.inner();
         let mut locks: Vec<(ResourceId, LockMode, u32)> = held
             .iter()
             .flatten()
             .filter(|e| e.in_manager)
-            .map(|e| (e.head.resource.clone(), e.mode, e.count))
+            .map(|e| (e.head.get(inner).resource.clone(), e.mode, e.count))
             .collect();
         locks.sort();
         locks
     }
 
     /// Takes `mode` on the Global lock without a guard (for holders that outlive a call, such as
-    /// fsyncLock); released by [`Locker::release_global_unguarded`] or by dropping the locker.
+    /// fsyncLock); released when the locker is dropped.
     pub(crate) fn lock_global_unguarded(&self, mode: LockMode) -> Result<()> {
         let guard = self.lock_global(mode)?;
         std::mem::forget(guard);
@@ -1045,36 +1233,18 @@ pub(crate) fn deliver_grants(grants: Vec<crate::head::Grant<Arc<OpShared>>>) {
     }
 }
 
-/// The operations a transition's RSTL X conflicts with: every other holder and waiter.
-fn conflicting_owners(state: &HeadState<Arc<OpShared>>, me: &Arc<OpShared>) -> Vec<Arc<OpShared>> {
-    state
-        .granted()
-        .map(|(_, entry)| &entry.owner)
-        .chain(state.pending().map(|request| &request.owner))
-        .filter(|owner| owner.opid != me.opid && owner.interruptible_by_state_change)
-        .cloned()
-        .collect()
-}
-
 impl Drop for Locker {
     fn drop(&mut self) {
-        let mut held = self.held.borrow_mut();
-        let mut order: Vec<usize> = (0..held.len()).filter(|&i| held[i].is_some()).collect();
-        order.sort_by(|&a, &b| {
-            let resource = |i: usize| &held[i].as_ref().expect("entry").head.resource;
-            resource(b).cmp(resource(a))
-        });
-        for index in order {
-            let entry = held[index].take().expect("entry");
+        let order = self.canonical_order();
+        for index in order.into_iter().rev() {
+            let entry = self.held.borrow_mut()[index].take().expect("entry");
             if entry.in_manager {
-                let mut state = entry.head.state.lock();
-                deliver_grants(state.release(entry.slot));
+                self.release_grant(&entry);
             }
         }
         for kind in ResourceType::ALL {
             self.shared.set_held_mode(kind, None);
         }
-        drop(held);
         self.release_ticket();
         self.manager.inner().unregister(&self.shared);
     }

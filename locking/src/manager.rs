@@ -21,7 +21,7 @@ use crate::locker::{Locker, LockerOptions, OpShared, Target, kill_error};
 use crate::mode::LockMode;
 use crate::resource::{ResourceId, ResourceType, name_hash};
 use crate::stats::{LockStatsSnapshot, readers_writers};
-use crate::sync::Mutex;
+use crate::sync::{AtomicBool as ProtocolBool, AtomicU32, Mutex, store_load_fence};
 use crate::tickets::{TicketKind, TicketPool, active_clients};
 use bson::{Bson, Document, doc};
 use cairn_types::{Clock, Error, ErrorCode, Namespace, Result, SystemClock};
@@ -69,18 +69,148 @@ impl Default for LockManagerConfig {
     }
 }
 
+/// Partitions of the intent fast path: an operation counts its fast grants in partition
+/// `opid % FAST_PARTITIONS`, so that operations on other cores touch other cache lines.
+pub(crate) const FAST_PARTITIONS: usize = 8;
+
+/// Fast-path intent grants of one partition: [IS, IX].
+#[repr(align(128))]
+#[derive(Default)]
+struct FastPartition {
+    counts: [AtomicU32; 2],
+}
+
+fn fast_index(mode: LockMode) -> usize {
+    match mode {
+        LockMode::IS => 0,
+        LockMode::IX => 1,
+        other => panic!("{other} is not an intent mode: no fast path"),
+    }
+}
+
 /// One resource's lock.
+///
+/// Intent requests (IS, IX) are granted without the mutex while the head is not `slow`: the
+/// operation adds itself to a partition counter, then checks `slow` again (and backs out if it
+/// was set meanwhile). Every other request takes the mutex and first sets `slow`, then reads the
+/// counters: both sides write before they read (sequentially consistent), so at least one sees
+/// the other (Dekker), and no fast grant slips past a conflicting request. `slow` is cleared,
+/// under the mutex, only when the queued state is quiet (nothing but IS/IX granted, nobody
+/// waiting). A fast holder that releases while `slow` is set takes the mutex and grants waiters.
 pub(crate) struct LockHead {
     pub resource: ResourceId,
     pub state: Mutex<HeadState<Arc<OpShared>>>,
+    slow: ProtocolBool,
+    fast: Box<[FastPartition]>,
+    /// A collection's database head (so that a collection lock looks up one head, not two).
+    pub parent: Option<Arc<LockHead>>,
 }
 
 impl LockHead {
-    fn new(resource: ResourceId) -> Arc<LockHead> {
+    fn new(resource: ResourceId, parent: Option<Arc<LockHead>>) -> Arc<LockHead> {
         Arc::new(LockHead {
             resource,
             state: Mutex::new(HeadState::new()),
+            slow: ProtocolBool::new(false),
+            fast: (0..FAST_PARTITIONS)
+                .map(|_| FastPartition::default())
+                .collect(),
+            parent,
         })
+    }
+
+    /// The address that identifies this head in an operation's published fast holds.
+    pub fn address(&self) -> usize {
+        self as *const LockHead as usize
+    }
+
+    /// Tries to grant an intent mode without the mutex.
+    pub fn try_fast_acquire(&self, partition: usize, mode: LockMode) -> bool {
+        if self.slow.load(Ordering::SeqCst) {
+            return false;
+        }
+        let counter = &self.fast[partition].counts[fast_index(mode)];
+        counter.fetch_add(1, Ordering::SeqCst);
+        store_load_fence();
+        if !self.slow.load(Ordering::SeqCst) {
+            return true;
+        }
+        // A conflicting request arrived meanwhile: back out, and let it see the count drop.
+        counter.fetch_sub(1, Ordering::SeqCst);
+        let mut state = self.state.lock();
+        let external = self.enter_slow();
+        crate::locker::deliver_grants(state.grant_waiters(external));
+        self.settle(&state);
+        false
+    }
+
+    /// Releases a fast-path grant.
+    pub fn fast_release(&self, partition: usize, mode: LockMode) {
+        let before = self.fast[partition].counts[fast_index(mode)].fetch_sub(1, Ordering::SeqCst);
+        assert!(
+            before > 0,
+            "releasing a fast-path {mode} grant that is not counted"
+        );
+        store_load_fence();
+        if self.slow.load(Ordering::SeqCst) {
+            let mut state = self.state.lock();
+            let external = self.enter_slow();
+            crate::locker::deliver_grants(state.grant_waiters(external));
+            self.settle(&state);
+        }
+    }
+
+    /// Moves a fast-path grant into the queued state's bookkeeping (before a conversion); call
+    /// under the mutex, after [`LockHead::enter_slow`].
+    pub fn take_fast(&self, partition: usize, mode: LockMode) {
+        let before = self.fast[partition].counts[fast_index(mode)].fetch_sub(1, Ordering::SeqCst);
+        assert!(
+            before > 0,
+            "moving a fast-path {mode} grant that is not counted"
+        );
+    }
+
+    /// Called with the mutex held before any decision: stops fast grants and returns the modes
+    /// granted on the fast path, as bits (the `external` of [`HeadState`]).
+    pub fn enter_slow(&self) -> u8 {
+        self.slow.store(true, Ordering::SeqCst);
+        store_load_fence();
+        self.fast_mask()
+    }
+
+    /// Called with the mutex held after a change: lets fast grants resume when the state is
+    /// quiet.
+    pub fn settle(&self, state: &HeadState<Arc<OpShared>>) {
+        if state.is_quiet() {
+            self.slow.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Fast-path grants per mode: [IS, IX].
+    pub fn fast_counts(&self) -> [u32; 2] {
+        let mut counts = [0; 2];
+        for partition in self.fast.iter() {
+            for (total, counter) in counts.iter_mut().zip(&partition.counts) {
+                *total += counter.load(Ordering::SeqCst);
+            }
+        }
+        counts
+    }
+
+    fn fast_mask(&self) -> u8 {
+        let [is, ix] = self.fast_counts();
+        let mut bits = 0;
+        if is > 0 {
+            bits |= LockMode::IS.bit();
+        }
+        if ix > 0 {
+            bits |= LockMode::IX.bit();
+        }
+        bits
+    }
+
+    fn is_unused(&self) -> bool {
+        self.state.lock().is_idle() && self.fast_counts() == [0, 0]
     }
 }
 
@@ -132,7 +262,7 @@ impl LockTable {
         &self,
         hash: u64,
         matches: impl Fn(&ResourceId) -> bool,
-        make: impl FnOnce() -> ResourceId,
+        make: impl FnOnce() -> (ResourceId, Option<Arc<LockHead>>),
     ) -> Arc<LockHead> {
         let mut bucket = self.shards[(hash as usize) % SHARDS].0.lock();
         if let Some(chain) = bucket.get(&hash)
@@ -143,9 +273,19 @@ impl LockTable {
         if bucket.len() >= SHARD_HEADS_SWEEP_MIN {
             sweep(&mut bucket);
         }
-        let head = LockHead::new(make());
+        let (resource, parent) = make();
+        let head = LockHead::new(resource, parent);
         bucket.entry(hash).or_default().push(head.clone());
         head
+    }
+
+    fn get(&self, hash: u64, matches: impl Fn(&ResourceId) -> bool) -> Option<Arc<LockHead>> {
+        let bucket = self.shards[(hash as usize) % SHARDS].0.lock();
+        bucket
+            .get(&hash)?
+            .iter()
+            .find(|head| matches(&head.resource))
+            .cloned()
     }
 
     fn heads(&self) -> Vec<Arc<LockHead>> {
@@ -158,11 +298,20 @@ impl LockTable {
         heads
     }
 
+    /// Sweeps until nothing more goes (a collection head keeps its database head alive).
     fn sweep(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|shard| sweep(&mut shard.0.lock()))
-            .sum()
+        let mut removed = 0;
+        loop {
+            let round: usize = self
+                .shards
+                .iter()
+                .map(|shard| sweep(&mut shard.0.lock()))
+                .sum();
+            if round == 0 {
+                return removed;
+            }
+            removed += round;
+        }
     }
 }
 
@@ -173,10 +322,7 @@ fn sweep(bucket: &mut Bucket) -> usize {
         chain.retain(|head| {
             let idle = Arc::strong_count(head) == 1;
             if idle {
-                assert!(
-                    head.state.lock().is_idle(),
-                    "an unreferenced lock head has requests"
-                );
+                assert!(head.is_unused(), "an unreferenced lock head has requests");
                 removed += 1;
             }
             !idle
@@ -239,9 +385,9 @@ impl LockManager {
                 lock_timeout_ms: AtomicU64::new(config.lock_timeout_ms),
                 yield_period_ms: AtomicU64::new(config.yield_period_ms),
                 yield_iterations_max: AtomicU64::new(config.yield_iterations_max.unwrap_or(0)),
-                rstl: LockHead::new(ResourceId::ReplicationStateTransition),
-                global: LockHead::new(ResourceId::Global),
-                oplog: LockHead::new(ResourceId::Oplog),
+                rstl: LockHead::new(ResourceId::ReplicationStateTransition, None),
+                global: LockHead::new(ResourceId::Global, None),
+                oplog: LockHead::new(ResourceId::Oplog, None),
                 table: LockTable::new(),
                 read_tickets: TicketPool::new(config.read_tickets_max),
                 write_tickets: TicketPool::new(config.write_tickets_max),
@@ -439,15 +585,26 @@ impl LockManager {
             }
         };
         let mut entries = Vec::new();
+        let live = inner.live_operations();
         for head in heads {
             let state = head.state.lock();
-            if state.is_idle() {
+            // Fast-path grants are not in the state: every operation publishes its own.
+            let fast: Vec<Bson> = live
+                .iter()
+                .filter_map(|op| {
+                    op.fast_hold_on(&head)
+                        .map(|mode| request(op, mode, None, false))
+                })
+                .map(Bson::Document)
+                .collect();
+            if state.is_idle() && fast.is_empty() {
                 continue;
             }
-            let granted: Vec<Bson> = state
+            let mut granted: Vec<Bson> = state
                 .granted()
                 .map(|(_, e)| request(&e.owner, e.mode, e.convert, e.enqueue_at_front).into())
                 .collect();
+            granted.extend(fast);
             let pending: Vec<Bson> = state
                 .pending()
                 .map(|p| request(&p.owner, p.mode, None, p.enqueue_at_front).into())
@@ -516,10 +673,12 @@ impl LockManager {
             ResourceId::Collection(ns) => self.inner.head(Target::Collection(ns)),
         };
         let state = head.state.lock();
-        (
-            state.granted().map(|(_, e)| e.mode).collect(),
-            state.pending().map(|p| p.mode).collect(),
-        )
+        let mut granted: Vec<LockMode> = state.granted().map(|(_, e)| e.mode).collect();
+        let [is, ix] = head.fast_counts();
+        granted.extend(std::iter::repeat_n(LockMode::IS, is as usize));
+        granted.extend(std::iter::repeat_n(LockMode::IX, ix as usize));
+        granted.sort();
+        (granted, state.pending().map(|p| p.mode).collect())
     }
 
     /// The error a killed operation reports, for callers that kill by other means.
@@ -562,14 +721,27 @@ impl Inner {
             Target::Database(db) => self.table.head(
                 name_hash(ResourceType::Database, db, ""),
                 |resource| resource.is_database(db),
-                || ResourceId::Database(db.to_string()),
+                || (ResourceId::Database(db.to_string()), None),
             ),
-            Target::Collection(ns) => self.table.head(
-                name_hash(ResourceType::Collection, &ns.db, &ns.coll),
-                |resource| resource.is_collection(ns),
-                || ResourceId::Collection(ns.clone()),
-            ),
+            Target::Collection(ns) => {
+                let hash = name_hash(ResourceType::Collection, &ns.db, &ns.coll);
+                let matches = |resource: &ResourceId| resource.is_collection(ns);
+                if let Some(head) = self.table.get(hash, matches) {
+                    return head;
+                }
+                // The database head is looked up before the collection's shard is locked (the
+                // two may share a shard).
+                let database = self.head(Target::Database(&ns.db));
+                self.table.head(hash, matches, || {
+                    (ResourceId::Collection(ns.clone()), Some(database))
+                })
+            }
         }
+    }
+
+    /// The live operations.
+    pub fn live_operations(&self) -> Vec<Arc<OpShared>> {
+        self.registry.lock().values().cloned().collect()
     }
 
     /// Forgets an ended operation and adds its statistics to the totals.
@@ -623,12 +795,25 @@ fn wait_edges(opid: u64, waiters: &HashMap<u64, (Arc<OpShared>, u64)>) -> Vec<u6
     let Some(target) = target else {
         return Vec::new();
     };
-    let blockers = target.head.state.lock().blockers(target.wait);
-    blockers
-        .into_iter()
-        .map(|owner| owner.opid)
-        .filter(|blocker| *blocker != opid && waiters.contains_key(blocker))
-        .collect()
+    let (blockers, wanted) = {
+        let state = target.head.state.lock();
+        (state.blockers(target.wait), state.wanted(target.wait))
+    };
+    let mut edges: Vec<u64> = blockers.into_iter().map(|owner| owner.opid).collect();
+    // Holders on the fast path, as they publish themselves (only waiters matter here, and a
+    // waiter cannot release what it holds).
+    if let Some(wanted) = wanted {
+        for (other, (shared, _)) in waiters {
+            if shared
+                .fast_hold_on(&target.head)
+                .is_some_and(|held| !wanted.is_compatible_with(held))
+            {
+                edges.push(*other);
+            }
+        }
+    }
+    edges.retain(|blocker| *blocker != opid && waiters.contains_key(blocker));
+    edges
 }
 
 /// A cycle through `start` (its members, `start` first), by depth-first search.

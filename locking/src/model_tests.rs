@@ -29,6 +29,30 @@ enum Step {
     Cancel {
         owner: u64,
     },
+    /// An intent grant on the manager's fast path (only while the state is quiet).
+    FastAcquire {
+        mode: LockMode,
+    },
+    /// The release of a fast-path grant, after which the manager grants waiters.
+    FastRelease {
+        mode: LockMode,
+    },
+}
+
+/// Bits of the modes held on the fast path ([IS, IX] counts).
+fn fast_mask(fast: &[u32; 2]) -> u8 {
+    let mut bits = 0;
+    if fast[0] > 0 {
+        bits |= LockMode::IS.bit();
+    }
+    if fast[1] > 0 {
+        bits |= LockMode::IX.bit();
+    }
+    bits
+}
+
+fn fast_index(mode: LockMode) -> usize {
+    if mode == LockMode::IS { 0 } else { 1 }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,6 +71,8 @@ struct Oracle {
     converting: Vec<u64>,
     /// (owner, mode), front first.
     queue: Vec<(u64, LockMode)>,
+    /// Fast-path grants: [IS, IX].
+    fast: [u32; 2],
 }
 
 impl Oracle {
@@ -56,7 +82,34 @@ impl Oracle {
             .all(|other| mode.is_compatible_with(other))
     }
 
+    fn fast_modes(&self) -> Vec<LockMode> {
+        let mut modes = Vec::new();
+        if self.fast[0] > 0 {
+            modes.push(LockMode::IS);
+        }
+        if self.fast[1] > 0 {
+            modes.push(LockMode::IX);
+        }
+        modes
+    }
+
+    /// Nothing but intent modes granted and nobody waiting: the fast path is open.
+    fn quiet(&self) -> bool {
+        self.queue.is_empty()
+            && self.converting.is_empty()
+            && self
+                .granted
+                .iter()
+                .all(|g| matches!(g.mode, LockMode::IS | LockMode::IX))
+    }
+
     fn others_granted(&self, owner: u64) -> Vec<LockMode> {
+        let mut modes = self.others_granted_requests(owner);
+        modes.extend(self.fast_modes());
+        modes
+    }
+
+    fn others_granted_requests(&self, owner: u64) -> Vec<LockMode> {
         self.granted
             .iter()
             .filter(|g| g.owner != owner)
@@ -84,6 +137,7 @@ impl Oracle {
                 let queued_modes: Vec<LockMode> = self.queue.iter().map(|(_, m)| *m).collect();
                 let mut blocking = granted_modes;
                 blocking.extend(self.targets());
+                blocking.extend(self.fast_modes());
                 if !front {
                     blocking.extend(queued_modes);
                 }
@@ -133,6 +187,14 @@ impl Oracle {
                 }
                 self.grant_waiters()
             }
+            Step::FastAcquire { mode } => {
+                self.fast[fast_index(mode)] += 1;
+                Vec::new()
+            }
+            Step::FastRelease { mode } => {
+                self.fast[fast_index(mode)] -= 1;
+                self.grant_waiters()
+            }
         }
     }
 
@@ -151,6 +213,7 @@ impl Oracle {
         while let Some(&(owner, mode)) = self.queue.first() {
             let mut blocking: Vec<LockMode> = self.granted.iter().map(|g| g.mode).collect();
             blocking.extend(self.targets());
+            blocking.extend(self.fast_modes());
             if !Self::compatible_with_all(mode, blocking) {
                 break;
             }
@@ -168,6 +231,13 @@ impl Oracle {
     /// Steps that are valid now for `owners`.
     fn valid_steps(&self, owners: u64, fronts: bool) -> Vec<Step> {
         let mut steps = Vec::new();
+        for mode in [LockMode::IS, LockMode::IX] {
+            if self.fast[fast_index(mode)] > 0 {
+                steps.push(Step::FastRelease { mode });
+            } else if self.quiet() {
+                steps.push(Step::FastAcquire { mode });
+            }
+        }
         for owner in 0..owners {
             match self.holds(owner) {
                 Some(held) if held.convert.is_some() => steps.push(Step::Cancel { owner }),
@@ -206,6 +276,7 @@ impl Oracle {
 #[derive(Clone)]
 struct Real {
     head: HeadState<u64>,
+    fast: [u32; 2],
     slots: HashMap<u64, usize>,
     requests: HashMap<u64, u64>,
 }
@@ -214,6 +285,7 @@ impl Real {
     fn new() -> Real {
         Real {
             head: HeadState::new(),
+            fast: [0; 2],
             slots: HashMap::new(),
             requests: HashMap::new(),
         }
@@ -241,35 +313,53 @@ impl Real {
     }
 
     fn apply(&mut self, step: Step) -> Vec<u64> {
+        let external = fast_mask(&self.fast);
         match step {
-            Step::Request { owner, mode, front } => match self.head.request(owner, mode, front) {
-                RequestOutcome::Granted { slot } => {
-                    self.slots.insert(owner, slot);
-                    vec![owner]
+            Step::Request { owner, mode, front } => {
+                match self.head.request(owner, mode, front, external) {
+                    RequestOutcome::Granted { slot } => {
+                        self.slots.insert(owner, slot);
+                        vec![owner]
+                    }
+                    RequestOutcome::Queued { request_id } => {
+                        self.requests.insert(owner, request_id);
+                        Vec::new()
+                    }
                 }
-                RequestOutcome::Queued { request_id } => {
-                    self.requests.insert(owner, request_id);
-                    Vec::new()
+            }
+            Step::Convert { owner, to } => {
+                match self.head.convert(self.slots[&owner], to, external) {
+                    ConvertOutcome::Granted => vec![owner],
+                    ConvertOutcome::Waiting => Vec::new(),
                 }
-            },
-            Step::Convert { owner, to } => match self.head.convert(self.slots[&owner], to) {
-                ConvertOutcome::Granted => vec![owner],
-                ConvertOutcome::Waiting => Vec::new(),
-            },
+            }
             Step::Release { owner } => {
                 let slot = self
                     .slots
                     .remove(&owner)
                     .expect("releasing owner holds a slot");
-                let grants = self.head.release(slot);
+                let grants = self.head.release(slot, external);
                 self.absorb(grants)
             }
             Step::Cancel { owner } => {
                 let grants = match self.requests.remove(&owner) {
-                    Some(request_id) => self.head.cancel_request(request_id),
-                    None => self.head.cancel_conversion(self.slots[&owner]),
+                    Some(request_id) => self.head.cancel_request(request_id, external),
+                    None => self.head.cancel_conversion(self.slots[&owner], external),
                 };
                 let grants = grants.expect("the step was valid: the request still waits");
+                self.absorb(grants)
+            }
+            Step::FastAcquire { mode } => {
+                assert!(
+                    self.head.is_quiet(),
+                    "the fast path opens only on a quiet state"
+                );
+                self.fast[fast_index(mode)] += 1;
+                Vec::new()
+            }
+            Step::FastRelease { mode } => {
+                self.fast[fast_index(mode)] -= 1;
+                let grants = self.head.grant_waiters(fast_mask(&self.fast));
                 self.absorb(grants)
             }
         }
@@ -296,7 +386,12 @@ impl Real {
 }
 
 fn compare(real: &Real, oracle: &Oracle, trace: &[Step]) {
-    real.head.check_invariants();
+    real.head.check_invariants(fast_mask(&real.fast));
+    assert_eq!(
+        real.head.is_quiet(),
+        oracle.quiet(),
+        "quiet differs after {trace:?}"
+    );
     let mut expected = oracle.granted.clone();
     expected.sort_by_key(|g| g.owner);
     assert_eq!(real.granted(), expected, "granted differs after {trace:?}");

@@ -1,6 +1,7 @@
 //! The mutex and condition variable the lock manager is built on, swappable for model checking.
 //!
-//! Owns: [`Mutex`], [`MutexGuard`] and [`Condvar`] with one API. Normal builds use parking_lot
+//! Owns: [`Mutex`], [`MutexGuard`], [`Condvar`] and the atomics of the lock-free fast paths
+//! (intent grants, tickets) with one API. Normal builds use parking_lot
 //! (no poisoning, small and fast uncontended); with the `loom` feature they are loom's, so the
 //! model tests in `tests/loom.rs` explore every interleaving of the real grant/wait/wake code.
 //!
@@ -15,6 +16,7 @@ mod imp {
     use std::time::Duration;
 
     pub use parking_lot::{Mutex, MutexGuard};
+    pub use std::sync::atomic::{AtomicBool, AtomicU32};
 
     #[derive(Default)]
     pub struct Condvar(parking_lot::Condvar);
@@ -38,6 +40,8 @@ mod imp {
 mod imp {
     use std::ops::{Deref, DerefMut};
     use std::time::Duration;
+
+    pub use loom::sync::atomic::{AtomicBool, AtomicU32};
 
     pub struct Mutex<T>(loom::sync::Mutex<T>);
 
@@ -96,7 +100,21 @@ mod imp {
     }
 }
 
-pub(crate) use imp::{Condvar, Mutex};
+pub(crate) use imp::{AtomicBool, AtomicU32, Condvar, Mutex};
+
+/// Orders a store before a later load of another location, as the Dekker-style handshakes of
+/// the fast paths need (each side writes, then reads what the other wrote).
+///
+/// In normal builds the accesses on both sides are sequentially consistent (read-modify-writes
+/// and loads with `SeqCst`), which already puts them in one total order: nothing more is
+/// needed, and this is empty. loom models `SeqCst` accesses only as acquire/release (its README,
+/// "Unsupported features") but does model `fence(SeqCst)`, so under loom this is that fence:
+/// the model then checks the algorithm with exactly the ordering the real build has.
+#[inline(always)]
+pub(crate) fn store_load_fence() {
+    #[cfg(feature = "loom")]
+    loom::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+}
 
 /// The longest a waiter sleeps before it looks at the clock again, whatever its deadline: a
 /// simulated clock moves without notifying anyone.

@@ -37,22 +37,61 @@ fn bare(desc: &str) -> LockerOptions {
     }
 }
 
+/// Who holds the Global lock, as the holders say: a check of the matrix from outside the
+/// manager (the fast path has no mutex under which the manager could assert it).
+#[derive(Default)]
+struct Shadow {
+    readers: loom::sync::atomic::AtomicUsize,
+    writer: loom::sync::atomic::AtomicBool,
+}
+
+impl Shadow {
+    fn enter(&self, mode: LockMode) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if mode == LockMode::X {
+            self.writer.store(true, SeqCst);
+            assert_eq!(
+                self.readers.load(SeqCst),
+                0,
+                "X granted while an intent lock is held"
+            );
+        } else {
+            self.readers.fetch_add(1, SeqCst);
+            assert!(!self.writer.load(SeqCst), "{mode} granted while X is held");
+        }
+    }
+
+    fn leave(&self, mode: LockMode) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if mode == LockMode::X {
+            self.writer.store(false, SeqCst);
+        } else {
+            self.readers.fetch_sub(1, SeqCst);
+        }
+    }
+}
+
 #[test]
-fn a_release_wakes_a_queued_waiter() {
+fn a_release_wakes_a_queued_waiter_and_the_fast_path_keeps_the_matrix() {
     model(|| {
         let manager = manager(false, 128);
-        let writer = manager.new_locker(bare("writer"));
-        let reader = manager.new_locker(bare("reader"));
-        let one = thread::spawn(move || {
-            let guard = writer.lock_global(LockMode::X).unwrap();
-            drop(guard);
-        });
-        let two = thread::spawn(move || {
-            let guard = reader.lock_global(LockMode::IS).unwrap();
-            drop(guard);
-        });
-        one.join().unwrap();
-        two.join().unwrap();
+        let shadow = Arc::new(Shadow::default());
+        let threads: Vec<_> = [LockMode::X, LockMode::IS, LockMode::IX]
+            .into_iter()
+            .map(|mode| {
+                let locker = manager.new_locker(bare(mode.name()));
+                let shadow = shadow.clone();
+                thread::spawn(move || {
+                    let guard = locker.lock_global(mode).unwrap();
+                    shadow.enter(mode);
+                    shadow.leave(mode);
+                    drop(guard);
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
         let after = manager.new_locker(bare("after"));
         assert!(after.lock_global(LockMode::X).is_ok());
     });
