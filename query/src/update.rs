@@ -250,13 +250,13 @@ impl Update {
         let mut seen: Vec<String> = Vec::new();
         let record = |path: &str, seen: &mut Vec<String>| -> Result<()> {
             for earlier in seen.iter() {
-                let (short, long) = if earlier.len() <= path.len() {
-                    (earlier.as_str(), path)
+                let earlier_parts: Vec<&str> = earlier.split('.').collect();
+                let path_parts: Vec<&str> = path.split('.').collect();
+                let (short, short_parts, long_parts) = if earlier_parts.len() <= path_parts.len() {
+                    (earlier.as_str(), earlier_parts, path_parts)
                 } else {
-                    (path, earlier.as_str())
+                    (path, path_parts, earlier_parts)
                 };
-                let short_parts: Vec<&str> = short.split('.').collect();
-                let long_parts: Vec<&str> = long.split('.').collect();
                 if long_parts[..short_parts.len()] == short_parts[..] {
                     return Err(conflict(path, short));
                 }
@@ -347,7 +347,7 @@ impl Update {
             Update::Replacement(replacement) => {
                 let mut result = Document::new();
                 match (document.get("_id"), replacement.get("_id")) {
-                    (Some(old), Some(new)) if old != new => {
+                    (Some(old), Some(new)) if !values_identical(old, new) => {
                         return Err(Error::new(
                             ErrorCode::ImmutableField,
                             format!(
@@ -383,7 +383,12 @@ impl Update {
                     };
                     applier.apply(&mut result, path, operation)?;
                 }
-                if document.get("_id") != result.get("_id") && document.contains_key("_id") {
+                let id_changed = match (document.get("_id"), result.get("_id")) {
+                    (Some(old), Some(new)) => !values_identical(old, new),
+                    (Some(_), None) => true,
+                    _ => false,
+                };
+                if id_changed {
                     return Err(Error::new(
                         ErrorCode::ImmutableField,
                         "Performing an update on the path '_id' would modify the immutable field '_id'",
