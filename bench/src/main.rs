@@ -20,11 +20,35 @@ struct Arguments {
     /// Also write the JSON lines to this file.
     #[arg(long)]
     json: Option<String>,
+    /// Run only workloads whose name contains this.
+    #[arg(long)]
+    workload: Option<String>,
+    /// Run only systems whose name contains this.
+    #[arg(long)]
+    system: Option<String>,
 }
 
 /// What every suite receives.
 pub struct Settings {
     pub quick: bool,
+    pub workload: Option<String>,
+    pub system: Option<String>,
+}
+
+impl Settings {
+    /// Whether a workload passes the `--workload` filter.
+    pub fn wants_workload(&self, name: &str) -> bool {
+        self.workload
+            .as_deref()
+            .is_none_or(|filter| name.contains(filter))
+    }
+
+    /// Whether a system passes the `--system` filter.
+    pub fn wants_system(&self, name: &str) -> bool {
+        self.system
+            .as_deref()
+            .is_none_or(|filter| name.contains(filter))
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,6 +56,8 @@ fn main() -> anyhow::Result<()> {
     let mut reporter = report::Reporter::new(arguments.json.as_deref())?;
     let settings = Settings {
         quick: arguments.quick,
+        workload: arguments.workload,
+        system: arguments.system,
     };
     match arguments.suite.as_str() {
         "storage" => storage::run(&settings, &mut reporter),

@@ -419,10 +419,15 @@ fn preload(system: &dyn System, count: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_system(system: &dyn System, plan: &Plan, reporter: &mut Reporter) -> anyhow::Result<()> {
+fn run_system(
+    system: &dyn System,
+    plan: &Plan,
+    settings: &Settings,
+    reporter: &mut Reporter,
+) -> anyhow::Result<()> {
     let next_id = AtomicU64::new(10_000_000);
     for (workload, journaled) in [("insert_j0", false), ("insert_j1", true)] {
-        if journaled && !system.has_journaled_commits() {
+        if (journaled && !system.has_journaled_commits()) || !settings.wants_workload(workload) {
             continue;
         }
         for threads in [1, 8, 64] {
@@ -436,8 +441,17 @@ fn run_system(system: &dyn System, plan: &Plan, reporter: &mut Reporter) -> anyh
             emit(reporter, system, workload, threads, result)?;
         }
     }
-    preload(system, plan.preload)?;
+    let reads = ["point_read", "range_scan", "snapshot_read"];
+    if reads
+        .iter()
+        .any(|workload| settings.wants_workload(workload))
+    {
+        preload(system, plan.preload)?;
+    }
     for threads in [1, 64] {
+        if !settings.wants_workload("point_read") {
+            break;
+        }
         let result = measure(threads, plan.duration, |thread, stop| {
             let mut worker = system.worker()?;
             timed_loop(stop, |n| {
@@ -449,6 +463,9 @@ fn run_system(system: &dyn System, plan: &Plan, reporter: &mut Reporter) -> anyh
         emit(reporter, system, "point_read", threads, result)?;
     }
     for threads in [1, 64] {
+        if !settings.wants_workload("range_scan") {
+            break;
+        }
         let result = measure(threads, plan.duration, |thread, stop| {
             let mut worker = system.worker()?;
             timed_loop(stop, |n| {
@@ -460,10 +477,16 @@ fn run_system(system: &dyn System, plan: &Plan, reporter: &mut Reporter) -> anyh
         emit(reporter, system, "range_scan", threads, result)?;
     }
     for threads in [1, 64] {
+        if !settings.wants_workload("snapshot_read") {
+            break;
+        }
         let result = snapshot_read(system, plan, threads)?;
         emit(reporter, system, "snapshot_read", threads, result)?;
     }
     for threads in [1, 64] {
+        if !settings.wants_workload("hot_doc") {
+            break;
+        }
         let hot_id = -1 - threads as i64;
         system.worker()?.insert(hot_id, &document(hot_id), true)?;
         let result = measure(threads, plan.duration, |_, stop| {
@@ -562,9 +585,12 @@ pub fn run(settings: &Settings, reporter: &mut Reporter) -> anyhow::Result<()> {
         systems.push(Box::new(crate::peers::PoloDb::open()?));
         systems.push(Box::new(crate::peers::Sqlite::open()?));
     }
-    for system in &systems {
+    for system in systems
+        .iter()
+        .filter(|system| settings.wants_system(system.name()))
+    {
         eprintln!("storage: measuring {}", system.name());
-        run_system(system.as_ref(), &plan, reporter)?;
+        run_system(system.as_ref(), &plan, settings, reporter)?;
     }
     Ok(())
 }

@@ -47,6 +47,9 @@ pub(crate) struct CommitRequest {
     pub slot_count: u32,
     pub explicit_timestamps: Option<Vec<Timestamp>>,
     pub durability: Durability,
+    /// Written keys released when the commit was queued (see `keylocks`).
+    pub sealed: Vec<KeyId>,
+    /// Claimed keys held until the commit is visible.
     pub claimed: Vec<KeyId>,
     pub catalog_changes: Vec<(Namespace, Option<Arc<CollectionMeta>>, u32)>,
     pub drop_idents: Vec<(u64, u32)>,
@@ -278,42 +281,60 @@ fn apply_write(
     value: Option<&[u8]>,
     ts: Timestamp,
 ) -> Result<bool, Error> {
-    let replaced = tables
-        .current(ident)?
-        .get(key)
-        .map_err(|error| storage_error("reading", error))?
-        .map(|guard| guard.value().to_vec());
-    let had_history = match &replaced {
-        Some(old) => {
-            let old_ts = decode_version(old).ts;
-            assert!(
-                old_ts < ts,
-                "new version {ts} is not newer than the version {old_ts} it replaces"
-            );
-            tables
-                .history(ident)?
-                .insert(history_key(key, ts).as_slice(), old.as_slice())
-                .map_err(|error| storage_error("writing history", error))?;
-            true
-        }
-        None => {
-            // The history table exists whenever the current one does.
-            tables.history(ident)?;
-            false
-        }
-    };
-    if replaced.is_none() && value.is_none() {
+    let current = tables.current(ident)?;
+    if value.is_none()
+        && current
+            .get(key)
+            .map_err(|error| storage_error("reading", error))?
+            .is_none()
+    {
         // Deleting a key that never existed leaves nothing to version.
         return Ok(false);
     }
-    tables
-        .current(ident)?
+    // One descent: the insert hands back the version it replaces.
+    let replaced = current
         .insert(key, format::encode_version(ts, value).as_slice())
-        .map_err(|error| storage_error("writing", error))?;
+        .map_err(|error| storage_error("writing", error))?
+        .map(|guard| guard.value().to_vec());
+    if let Some(old) = &replaced {
+        let old_ts = decode_version(old).ts;
+        assert!(
+            old_ts < ts,
+            "new version {ts} is not newer than the version {old_ts} it replaces"
+        );
+        tables
+            .history(ident)?
+            .insert(history_key(key, ts).as_slice(), old.as_slice())
+            .map_err(|error| storage_error("writing history", error))?;
+    }
     writelog
         .insert(writelog_key(ts, ident, key).as_slice(), ())
         .map_err(|error| storage_error("writing the write log", error))?;
-    Ok(had_history)
+    Ok(replaced.is_some())
+}
+
+fn put_commit_state(
+    meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    state: &format::CommitState,
+) -> Result<(), Error> {
+    meta.insert(format::META_COMMIT_STATE, &state.encode()[..])
+        .map_err(|error| storage_error("writing metadata", error))?;
+    Ok(())
+}
+
+/// The commit state record for the engine's current state with the given overrides.
+fn commit_state(
+    inner: &Inner,
+    last_ts: Timestamp,
+    stable_ts: Timestamp,
+    oplog_bytes: u64,
+) -> format::CommitState {
+    format::CommitState {
+        last_ts,
+        stable_ts,
+        oplog_bytes,
+        next_ident: inner.next_ident.load(Ordering::Relaxed),
+    }
 }
 
 fn put_meta(
@@ -466,6 +487,9 @@ fn commit_group(inner: &Inner, mut batch: Vec<CommitRequest>) {
                 let last_ts = *stamps.last().expect("at least one timestamp");
                 inner
                     .keylocks
+                    .settle(&request.sealed, request.owner, Some(last_ts), oldest_pin);
+                inner
+                    .keylocks
                     .release(&request.claimed, request.owner, Some(last_ts), oldest_pin);
                 request.done.complete(Ok(CommitInfo {
                     first_ts: stamps[0],
@@ -485,6 +509,12 @@ fn commit_group(inner: &Inner, mut batch: Vec<CommitRequest>) {
 }
 
 fn release(inner: &Inner, request: &CommitRequest, committed_at: Option<Timestamp>) {
+    inner.keylocks.settle(
+        &request.sealed,
+        request.owner,
+        committed_at,
+        Timestamp::ZERO,
+    );
     inner.keylocks.release(
         &request.claimed,
         request.owner,
@@ -511,12 +541,9 @@ fn apply_batch(
         let mut writelog = txn
             .open_table(WRITELOG)
             .map_err(|error| storage_error("opening the write log", error))?;
-        let mut oplog = txn
-            .open_table(OPLOG)
-            .map_err(|error| storage_error("opening the oplog", error))?;
-        let mut drop_pending = txn
-            .open_table(DROP_PENDING)
-            .map_err(|error| storage_error("opening drop-pending", error))?;
+        // Opened only when a batch has oplog entries or drops.
+        let mut oplog = None;
+        let mut drop_pending = None;
         for request in batch {
             let request_stamps: Vec<Timestamp> = match &request.explicit_timestamps {
                 Some(timestamps) => {
@@ -553,13 +580,29 @@ fn apply_batch(
                     Error::new(ErrorCode::BadValue, format!("oplog entry: {error}"))
                 })?;
                 oplog_bytes += bytes.len() as u64;
+                if oplog.is_none() {
+                    oplog = Some(
+                        txn.open_table(OPLOG)
+                            .map_err(|error| storage_error("opening the oplog", error))?,
+                    );
+                }
                 oplog
+                    .as_mut()
+                    .expect("opened above")
                     .insert(ts.as_u64(), bytes.as_slice())
                     .map_err(|error| storage_error("writing the oplog", error))?;
                 oplog_entries += 1;
             }
             for (ident, slot) in &request.drop_idents {
+                if drop_pending.is_none() {
+                    drop_pending = Some(
+                        txn.open_table(DROP_PENDING)
+                            .map_err(|error| storage_error("opening drop-pending", error))?,
+                    );
+                }
                 drop_pending
+                    .as_mut()
+                    .expect("opened above")
                     .insert(
                         &drop_pending_key(request_stamps[*slot as usize], *ident)[..],
                         (),
@@ -572,15 +615,14 @@ fn apply_batch(
         let mut meta = txn
             .open_table(META)
             .map_err(|error| storage_error("opening metadata", error))?;
-        put_meta(&mut meta, format::META_LAST_TS, last.as_u64())?;
-        if state.stable_follows_newest {
-            put_meta(&mut meta, format::META_STABLE_TS, last.as_u64())?;
+        let stable = if state.stable_follows_newest {
+            last
         } else {
-            put_meta(&mut meta, format::META_STABLE_TS, state.stable.as_u64())?;
-        }
-        put_meta(&mut meta, format::META_OPLOG_BYTES, oplog_bytes)?;
-        let next_ident = inner.next_ident.load(Ordering::Relaxed).max(max_ident + 1);
-        put_meta(&mut meta, format::META_NEXT_IDENT, next_ident)?;
+            state.stable
+        };
+        let mut record = commit_state(inner, last, stable, oplog_bytes);
+        record.next_ident = record.next_ident.max(max_ident + 1);
+        put_commit_state(&mut meta, &record)?;
     }
     txn.commit()
         .map_err(|error| storage_error("committing", error))?;
@@ -607,7 +649,10 @@ fn durable_marker(inner: &Inner, checkpoint: Option<bool>) -> Result<Timestamp, 
         let mut meta = txn
             .open_table(META)
             .map_err(|error| storage_error("opening metadata", error))?;
-        put_meta(&mut meta, format::META_STABLE_TS, state.stable.as_u64())?;
+        put_commit_state(
+            &mut meta,
+            &commit_state(inner, state.last_assigned, state.stable, state.oplog_bytes),
+        )?;
         put_meta(&mut meta, format::META_OLDEST_TS, state.oldest.as_u64())?;
         if let Some(clean) = checkpoint {
             put_meta(&mut meta, format::META_CHECKPOINT_TS, state.stable.as_u64())?;
@@ -756,7 +801,10 @@ fn collect_garbage(inner: &Inner) -> Result<usize, Error> {
                 .open_table(META)
                 .map_err(|error| storage_error("opening metadata", error))?;
             put_meta(&mut meta, format::META_OLDEST_TS, oldest.as_u64())?;
-            put_meta(&mut meta, format::META_OPLOG_BYTES, oplog_bytes)?;
+            put_commit_state(
+                &mut meta,
+                &commit_state(inner, state.last_assigned, state.stable, oplog_bytes),
+            )?;
             changed = true;
         }
     }
@@ -878,9 +926,7 @@ fn recover_to_stable(inner: &Inner) -> Result<Timestamp, Error> {
         let mut meta = txn
             .open_table(META)
             .map_err(|error| storage_error("opening metadata", error))?;
-        put_meta(&mut meta, format::META_LAST_TS, stable.as_u64())?;
-        put_meta(&mut meta, format::META_STABLE_TS, stable.as_u64())?;
-        put_meta(&mut meta, format::META_OPLOG_BYTES, oplog_bytes)?;
+        put_commit_state(&mut meta, &commit_state(inner, stable, stable, oplog_bytes))?;
     }
     txn.commit()
         .map_err(|error| storage_error("committing the recovery", error))?;
@@ -954,7 +1000,10 @@ fn truncate_oplog_after(inner: &Inner, after: Timestamp) -> Result<u64, Error> {
         let mut meta = txn
             .open_table(META)
             .map_err(|error| storage_error("opening metadata", error))?;
-        put_meta(&mut meta, format::META_OPLOG_BYTES, oplog_bytes)?;
+        put_commit_state(
+            &mut meta,
+            &commit_state(inner, state.last_assigned, state.stable, oplog_bytes),
+        )?;
     }
     txn.commit()
         .map_err(|error| storage_error("truncating the oplog", error))?;

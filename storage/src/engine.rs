@@ -315,19 +315,20 @@ impl Engine {
                     read_meta_u64(&meta, name)?.unwrap_or(0),
                 ))
             };
-            let last = ts(format::META_LAST_TS)?;
-            let stable_recorded = read_meta_u64(&meta, format::META_STABLE_TS)?;
+            let record = meta
+                .get(format::META_COMMIT_STATE)
+                .map_err(|error| storage_error("reading metadata", error))?
+                .map(|guard| format::CommitState::decode(guard.value()))
+                .unwrap_or_default();
+            let last = record.last_ts;
             TimestampState {
                 last_assigned: last,
-                stable: stable_recorded
-                    .map(Timestamp::from_u64)
-                    .unwrap_or(last)
-                    .min(last),
+                stable: record.stable_ts.min(last),
                 stable_follows_newest: true,
                 oldest: ts(format::META_OLDEST_TS)?.min(last),
                 durable: last,
                 checkpoint: ts(format::META_CHECKPOINT_TS)?,
-                oplog_bytes: read_meta_u64(&meta, format::META_OPLOG_BYTES)?.unwrap_or(0),
+                oplog_bytes: record.oplog_bytes,
                 dirty: false,
                 last_durable_at: clock.monotonic(),
                 last_checkpoint_at: clock.monotonic(),
@@ -338,7 +339,11 @@ impl Engine {
             let meta = txn
                 .open_table(META)
                 .map_err(|error| storage_error("opening", error))?;
-            read_meta_u64(&meta, format::META_NEXT_IDENT)?.unwrap_or(FIRST_USER_IDENT)
+            meta.get(format::META_COMMIT_STATE)
+                .map_err(|error| storage_error("reading metadata", error))?
+                .map_or(FIRST_USER_IDENT, |guard| {
+                    format::CommitState::decode(guard.value()).next_ident
+                })
         };
         let mut txn = txn;
         txn.set_durability(redb::Durability::Immediate)
@@ -489,6 +494,18 @@ impl Engine {
 
     /// Queues a job and waits for its result, leading the batch when no one else does.
     pub(crate) fn run_job<T: Send>(&self, job: Job, done: &Arc<Completion<T>>) -> T {
+        self.run_job_then(job, done, || {})
+    }
+
+    /// As [`Engine::run_job`], calling `on_queued` under the queue mutex right after the job is
+    /// queued (so nothing queued later can be ordered before it). Not called in `Inline` mode
+    /// or when the engine is shutting down.
+    pub(crate) fn run_job_then<T: Send>(
+        &self,
+        job: Job,
+        done: &Arc<Completion<T>>,
+        on_queued: impl FnOnce(),
+    ) -> T {
         match self.inner.config.commit_mode {
             CommitMode::Background => {
                 let lead_now = {
@@ -502,6 +519,7 @@ impl Engine {
                         return done.take();
                     }
                     queue.jobs.push_back(job);
+                    on_queued();
                     !std::mem::replace(&mut queue.leader_active, true)
                 };
                 if lead_now {

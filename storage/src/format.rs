@@ -23,13 +23,44 @@ pub(crate) const DROP_PENDING: TableDefinition<'static, &[u8], ()> =
     TableDefinition::new("droppending");
 
 pub(crate) const META_FORMAT_VERSION: &str = "format_version";
-pub(crate) const META_LAST_TS: &str = "last_ts";
-pub(crate) const META_STABLE_TS: &str = "stable_ts";
+/// The [`CommitState`] record, rewritten by every batch.
+pub(crate) const META_COMMIT_STATE: &str = "commit_state";
 pub(crate) const META_OLDEST_TS: &str = "oldest_ts";
 pub(crate) const META_CHECKPOINT_TS: &str = "checkpoint_ts";
-pub(crate) const META_NEXT_IDENT: &str = "next_ident";
-pub(crate) const META_OPLOG_BYTES: &str = "oplog_bytes";
 pub(crate) const META_CLEAN_SHUTDOWN: &str = "clean_shutdown";
+
+/// What every commit updates, in one 32-byte record (one redb insert per batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct CommitState {
+    pub last_ts: Timestamp,
+    pub stable_ts: Timestamp,
+    pub oplog_bytes: u64,
+    pub next_ident: u64,
+}
+
+impl CommitState {
+    pub(crate) fn encode(&self) -> [u8; 32] {
+        let mut bytes = [0u8; 32];
+        bytes[..8].copy_from_slice(&self.last_ts.to_be_bytes());
+        bytes[8..16].copy_from_slice(&self.stable_ts.to_be_bytes());
+        bytes[16..24].copy_from_slice(&self.oplog_bytes.to_be_bytes());
+        bytes[24..].copy_from_slice(&self.next_ident.to_be_bytes());
+        bytes
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> CommitState {
+        assert_eq!(bytes.len(), 32, "commit state record is 32 bytes");
+        let word = |index: usize| {
+            u64::from_be_bytes(bytes[index * 8..index * 8 + 8].try_into().expect("8 bytes"))
+        };
+        CommitState {
+            last_ts: Timestamp::from_u64(word(0)),
+            stable_ts: Timestamp::from_u64(word(1)),
+            oplog_bytes: word(2),
+            next_ident: word(3),
+        }
+    }
+}
 
 /// Bumped whenever the layout changes incompatibly.
 pub(crate) const FORMAT_VERSION: u64 = 1;

@@ -1,16 +1,27 @@
-//! Key ownership: first updater wins, and losers queue on the key instead of spinning.
+//! Key ownership: first updater wins, losers queue on the key, and a hot key is handed on as
+//! soon as its writer's commit is sealed (early lock release).
 //!
-//! A unit of work claims every key it stages. Invariants:
-//! - a key has at most one owner; the owner keeps it until its commit is *visible* (or it
-//!   aborts), so a later writer that claims the key always reads the committed version;
+//! A unit of work claims every key it stages. Definitions and invariants:
+//! - a key has at most one *owner*; only the owner may stage it;
+//! - a *sealed* version is the value of a key in a commit that is queued to the committer and
+//!   can no longer change. At the moment its commit is queued (under the queue mutex, so queue
+//!   order is commit-timestamp order), the writer seals its keys: each becomes `pending` and
+//!   passes to the first waiter. A claimer that gets a key with a pending version receives it as
+//!   its *base* and must read the key from it instead of from its snapshot; its own commit is
+//!   queued after the sealed one, so it commits later and sees it. If the sealed commit fails,
+//!   the engine has failed and every later commit fails too, so nothing built on it lands.
+//!   Keys of the catalog and keys claimed without being written are never sealed: they are held
+//!   until the commit is visible;
 //! - `last_commit` is the newest commit timestamp of a key, kept while any pinned snapshot could
-//!   be older than it; a writer whose read timestamp is older than `last_commit` would overwrite
-//!   a version it never saw, so its claim fails (WriteConflict, no owner to wait for);
-//! - waiters queue FIFO; on release the key passes directly to the first waiter's owner token
-//!   (handoff), so a hot document is served in arrival order and throughput does not collapse
-//!   into retry storms.
+//!   be older than it; a claimer whose read timestamp is older would overwrite a version it
+//!   never saw, so its claim fails (WriteConflict with no owner to wait for: retry);
+//! - a *blind* claim (a put after a plain read) never takes a pending base: the claimer may have
+//!   read the key from its snapshot already; it waits instead and retries with the base. A
+//!   claim *for update* (the claim before the read) takes the base;
+//! - waiters queue FIFO and are granted directly (handoff), so a hot document is served in
+//!   arrival order and throughput does not collapse into retry storms.
 //!
-//! The table is sharded by key hash; every operation takes exactly one shard mutex.
+//! The table is sharded by key hash; every operation takes exactly one shard mutex at a time.
 
 use cairn_types::{Error, ErrorCode, Timestamp};
 use parking_lot::{Condvar, Mutex};
@@ -19,9 +30,12 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Identifies whoever owns a key: a unit of work, or the retry loop of one operation (so that a
-/// key handed over while the operation waited stays its own across attempts).
+/// Identifies whoever owns a key: the retry loop of one operation (so that a key handed over
+/// while it waited stays its own across attempts), or a lone unit of work.
 pub(crate) type OwnerId = u64;
+
+/// A sealed value: `None` for a delete.
+pub(crate) type SealedValue = Option<Arc<Vec<u8>>>;
 
 const SHARDS: usize = 64;
 /// A waiter wakes at least this often to check for interruption.
@@ -43,24 +57,77 @@ impl KeyId {
     }
 }
 
+#[derive(Debug, Default)]
+struct Grant {
+    granted: bool,
+    base: Option<SealedValue>,
+}
+
 #[derive(Debug)]
 struct Waiter {
     owner: OwnerId,
-    granted: Mutex<bool>,
+    grant: Mutex<Grant>,
     wake: Condvar,
+}
+
+#[derive(Debug)]
+struct Pending {
+    /// The owner whose queued commit holds this version.
+    sealed_by: OwnerId,
+    value: SealedValue,
 }
 
 #[derive(Debug, Default)]
 struct KeyState {
     owner: Option<OwnerId>,
     last_commit: Timestamp,
+    pending: Option<Pending>,
     waiters: VecDeque<Arc<Waiter>>,
+}
+
+impl KeyState {
+    fn removable(&self, oldest_pin: Timestamp) -> bool {
+        self.owner.is_none()
+            && self.waiters.is_empty()
+            && self.pending.is_none()
+            && self.last_commit <= oldest_pin
+    }
+
+    /// Passes the unowned key to the first waiter, with the pending version as its base.
+    fn hand_over(&mut self) {
+        assert!(self.owner.is_none(), "only an unowned key is handed over");
+        if let Some(waiter) = self.waiters.pop_front() {
+            self.owner = Some(waiter.owner);
+            let mut grant = waiter.grant.lock();
+            grant.granted = true;
+            grant.base = self.pending.as_ref().map(|pending| pending.value.clone());
+            waiter.wake.notify_one();
+        }
+    }
+}
+
+/// How a key is claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClaimMode {
+    /// Before writing, possibly after reading the key from the snapshot.
+    Blind,
+    /// Before reading the key: a pending version may be taken as the base.
+    ForUpdate,
+}
+
+/// A successful claim.
+#[derive(Debug, Default)]
+pub(crate) struct Claimed {
+    /// The key was not owned by the claimer before.
+    pub newly: bool,
+    /// The sealed version the claimer must read the key from (`Some(None)`: deleted).
+    pub base: Option<SealedValue>,
 }
 
 /// Why a claim failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ClaimConflict {
-    /// Another unit of work owns the key: wait for it.
+    /// Another unit owns the key, or a blind claim met a sealed version: wait for the key.
     Owned,
     /// The key was committed after the claimer's read timestamp: retry with a new snapshot.
     CommittedAfterRead,
@@ -94,44 +161,59 @@ impl KeyLocks {
         &self.shards[(hash as usize) % SHARDS]
     }
 
-    /// Claims `id` for `owner`, whose snapshot is at `read_ts`. Ok(true) when newly claimed,
-    /// Ok(false) when the owner already held it.
+    /// Claims `id` for `owner`, whose snapshot is at `read_ts`.
     pub(crate) fn claim(
         &self,
         id: &KeyId,
         owner: OwnerId,
         read_ts: Timestamp,
-    ) -> Result<bool, ClaimConflict> {
+        mode: ClaimMode,
+    ) -> Result<Claimed, ClaimConflict> {
         let mut shard = self.shard(id).lock();
-        let state = match shard.get_mut(id) {
-            Some(state) => state,
-            None => {
-                shard.insert(
-                    id.clone(),
-                    KeyState {
-                        owner: Some(owner),
-                        ..KeyState::default()
-                    },
-                );
-                return Ok(true);
-            }
+        let Some(state) = shard.get_mut(id) else {
+            shard.insert(
+                id.clone(),
+                KeyState {
+                    owner: Some(owner),
+                    ..KeyState::default()
+                },
+            );
+            return Ok(Claimed {
+                newly: true,
+                base: None,
+            });
         };
         match state.owner {
-            Some(current) if current == owner => Ok(false),
-            Some(_) => Err(ClaimConflict::Owned),
-            None if state.last_commit > read_ts => Err(ClaimConflict::CommittedAfterRead),
-            None if !state.waiters.is_empty() => Err(ClaimConflict::Owned),
-            None => {
+            Some(current) if current == owner => return Ok(Claimed::default()),
+            Some(_) => return Err(ClaimConflict::Owned),
+            None if !state.waiters.is_empty() => return Err(ClaimConflict::Owned),
+            None => {}
+        }
+        match (&state.pending, mode) {
+            (Some(pending), ClaimMode::ForUpdate) => {
+                let base = pending.value.clone();
                 state.owner = Some(owner);
-                Ok(true)
+                Ok(Claimed {
+                    newly: true,
+                    base: Some(base),
+                })
+            }
+            (Some(_), ClaimMode::Blind) => Err(ClaimConflict::Owned),
+            (None, _) if state.last_commit > read_ts => Err(ClaimConflict::CommittedAfterRead),
+            (None, _) => {
+                state.owner = Some(owner);
+                Ok(Claimed {
+                    newly: true,
+                    base: None,
+                })
             }
         }
     }
 
-    /// Releases keys held by `owner`. `committed_at` is the commit timestamp when the owner
-    /// committed (its writes are visible by now), `None` on abort. `oldest_pin` is the oldest
-    /// pinned read timestamp (or `Timestamp::MAX` when none): entries no snapshot can be older
-    /// than are dropped.
+    /// Releases keys held by `owner` and not sealed. `committed_at` is the commit timestamp
+    /// when the owner committed (its writes are visible by now), `None` on abort. `oldest_pin`
+    /// is the oldest pinned read timestamp (or `Timestamp::MAX` when none): entries no snapshot
+    /// can be older than are dropped.
     pub(crate) fn release<'a>(
         &self,
         ids: impl IntoIterator<Item = &'a KeyId>,
@@ -153,41 +235,86 @@ impl KeyLocks {
                 state.last_commit = state.last_commit.max(ts);
             }
             state.owner = None;
-            if let Some(waiter) = state.waiters.pop_front() {
-                state.owner = Some(waiter.owner);
-                let mut granted = waiter.granted.lock();
-                *granted = true;
-                waiter.wake.notify_one();
-            } else if state.last_commit <= oldest_pin {
+            state.hand_over();
+            if state.removable(oldest_pin) {
                 shard.remove(id);
             }
         }
     }
 
-    /// Waits until `owner` owns `id` (handed over by the previous owner, or free now). Calls
-    /// `check` at least every 20 ms and gives up with its error, or with WriteConflict at
-    /// `deadline`; on giving up the key is not owned.
+    /// Seals written keys when their commit is queued: each key gets its pending version and
+    /// passes to its first waiter. Called under the commit queue's mutex.
+    pub(crate) fn seal(&self, written: &[(KeyId, SealedValue)], owner: OwnerId) {
+        for (id, value) in written {
+            let mut shard = self.shard(id).lock();
+            let state = shard.get_mut(id).expect("a written key was claimed");
+            assert_eq!(
+                state.owner,
+                Some(owner),
+                "key sealed by a unit that does not own it"
+            );
+            state.pending = Some(Pending {
+                sealed_by: owner,
+                value: value.clone(),
+            });
+            state.owner = None;
+            state.hand_over();
+        }
+    }
+
+    /// The sealed commit of `owner` is done: visible at `committed_at`, or failed (`None`).
+    pub(crate) fn settle<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a KeyId>,
+        owner: OwnerId,
+        committed_at: Option<Timestamp>,
+        oldest_pin: Timestamp,
+    ) {
+        for id in ids {
+            let mut shard = self.shard(id).lock();
+            let state = shard
+                .get_mut(id)
+                .expect("a sealed key stays in the table until settled");
+            if let Some(ts) = committed_at {
+                state.last_commit = state.last_commit.max(ts);
+            }
+            if state
+                .pending
+                .as_ref()
+                .is_some_and(|pending| pending.sealed_by == owner)
+            {
+                state.pending = None;
+            }
+            if state.removable(oldest_pin) {
+                shard.remove(id);
+            }
+        }
+    }
+
+    /// Waits until `owner` owns `id` (handed over, or free now). Returns the sealed version the
+    /// owner must read the key from, if any. Calls `check` at least every 20 ms and gives up
+    /// with its error, or with WriteConflict at `deadline`; on giving up the key is not owned.
     pub(crate) fn wait_for(
         &self,
         id: &KeyId,
         owner: OwnerId,
         deadline: Instant,
         check: &mut dyn FnMut() -> Result<(), Error>,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<SealedValue>, Error> {
         let waiter = {
             let mut shard = self.shard(id).lock();
             let state = shard.entry(id.clone()).or_default();
             match state.owner {
-                Some(current) if current == owner => return Ok(()),
+                Some(current) if current == owner => return Ok(None),
                 None if state.waiters.is_empty() => {
                     state.owner = Some(owner);
-                    return Ok(());
+                    return Ok(state.pending.as_ref().map(|pending| pending.value.clone()));
                 }
                 _ => {}
             }
             let waiter = Arc::new(Waiter {
                 owner,
-                granted: Mutex::new(false),
+                grant: Mutex::new(Grant::default()),
                 wake: Condvar::new(),
             });
             state.waiters.push_back(waiter.clone());
@@ -195,18 +322,17 @@ impl KeyLocks {
         };
         loop {
             {
-                let mut granted = waiter.granted.lock();
-                if *granted {
-                    return Ok(());
+                let mut grant = waiter.grant.lock();
+                if !grant.granted {
+                    let now = Instant::now();
+                    let slice = Duration::from_millis(WAIT_SLICE_MS)
+                        .min(deadline.saturating_duration_since(now));
+                    if !slice.is_zero() {
+                        waiter.wake.wait_for(&mut grant, slice);
+                    }
                 }
-                let now = Instant::now();
-                let slice = Duration::from_millis(WAIT_SLICE_MS)
-                    .min(deadline.saturating_duration_since(now));
-                if !slice.is_zero() {
-                    waiter.wake.wait_for(&mut granted, slice);
-                }
-                if *granted {
-                    return Ok(());
+                if grant.granted {
+                    return Ok(grant.base.take());
                 }
             }
             let failure = match check() {
@@ -236,22 +362,19 @@ impl KeyLocks {
         // Granted in the meantime: pass the key on.
         drop(shard);
         assert!(
-            *waiter.granted.lock(),
+            waiter.grant.lock().granted,
             "a waiter left the queue without being granted"
         );
         self.release(std::iter::once(id), waiter.owner, None, Timestamp::ZERO);
     }
 
-    /// Drops entries that no live snapshot needs: unowned, no waiters, committed at or before
-    /// `oldest_pin`.
+    /// Drops entries that no live snapshot needs.
     pub(crate) fn sweep(&self, oldest_pin: Timestamp) -> usize {
         let mut removed = 0;
         for shard in &self.shards {
             let mut shard = shard.lock();
             let before = shard.len();
-            shard.retain(|_, state| {
-                state.owner.is_some() || !state.waiters.is_empty() || state.last_commit > oldest_pin
-            });
+            shard.retain(|_, state| !state.removable(oldest_pin));
             removed += before - shard.len();
         }
         removed
@@ -262,10 +385,10 @@ impl KeyLocks {
     pub(crate) fn forget_commits(&self) {
         for shard in &self.shards {
             let mut shard = shard.lock();
-            shard.retain(|_, state| state.owner.is_some() || !state.waiters.is_empty());
             for state in shard.values_mut() {
                 state.last_commit = Timestamp::ZERO;
             }
+            shard.retain(|_, state| !state.removable(Timestamp::ZERO));
         }
     }
 
@@ -284,14 +407,28 @@ mod tests {
         KeyId::new(1, key.as_bytes())
     }
 
+    const BLIND: ClaimMode = ClaimMode::Blind;
+    const FOR_UPDATE: ClaimMode = ClaimMode::ForUpdate;
+
+    fn queue_length(locks: &KeyLocks, key: &str) -> usize {
+        locks
+            .shard(&id(key))
+            .lock()
+            .get(&id(key))
+            .map_or(0, |state| state.waiters.len())
+    }
+
     #[test]
     fn first_claimer_wins_and_release_hands_over_in_order() {
         let locks = Arc::new(KeyLocks::new());
         let ts = Timestamp::new(1, 1);
-        assert_eq!(locks.claim(&id("a"), 1, ts), Ok(true));
-        assert_eq!(locks.claim(&id("a"), 1, ts), Ok(false));
-        assert_eq!(locks.claim(&id("a"), 2, ts), Err(ClaimConflict::Owned));
-        assert_eq!(locks.claim(&id("b"), 2, ts), Ok(true));
+        assert!(locks.claim(&id("a"), 1, ts, BLIND).unwrap().newly);
+        assert!(!locks.claim(&id("a"), 1, ts, BLIND).unwrap().newly);
+        assert_eq!(
+            locks.claim(&id("a"), 2, ts, BLIND).unwrap_err(),
+            ClaimConflict::Owned
+        );
+        assert!(locks.claim(&id("b"), 2, ts, BLIND).unwrap().newly);
 
         let waiter = {
             let locks = locks.clone();
@@ -300,24 +437,26 @@ mod tests {
                 locks.wait_for(&id("a"), 2, deadline, &mut || Ok(()))
             })
         };
-        // Let the waiter queue, then commit.
-        while locks
-            .shard(&id("a"))
-            .lock()
-            .get(&id("a"))
-            .unwrap()
-            .waiters
-            .is_empty()
-        {
+        while queue_length(&locks, "a") == 0 {
             thread::yield_now();
         }
         locks.release([&id("a")], 1, Some(Timestamp::new(2, 1)), Timestamp::MAX);
-        waiter.join().unwrap().unwrap();
-        // Handed over: owner 2 holds it, a third claimer conflicts.
-        assert_eq!(locks.claim(&id("a"), 2, Timestamp::new(2, 1)), Ok(false));
         assert_eq!(
-            locks.claim(&id("a"), 3, Timestamp::new(2, 1)),
-            Err(ClaimConflict::Owned)
+            waiter.join().unwrap().unwrap(),
+            None,
+            "no sealed version to read"
+        );
+        assert!(
+            !locks
+                .claim(&id("a"), 2, Timestamp::new(2, 1), BLIND)
+                .unwrap()
+                .newly
+        );
+        assert_eq!(
+            locks
+                .claim(&id("a"), 3, Timestamp::new(2, 1), BLIND)
+                .unwrap_err(),
+            ClaimConflict::Owned
         );
         locks.release([&id("a"), &id("b")], 2, None, Timestamp::MAX);
     }
@@ -325,7 +464,9 @@ mod tests {
     #[test]
     fn a_claim_older_than_the_last_commit_conflicts() {
         let locks = KeyLocks::new();
-        locks.claim(&id("a"), 1, Timestamp::new(1, 0)).unwrap();
+        locks
+            .claim(&id("a"), 1, Timestamp::new(1, 0), BLIND)
+            .unwrap();
         // A snapshot at 1 is still pinned: the entry must stay.
         locks.release(
             [&id("a")],
@@ -334,19 +475,68 @@ mod tests {
             Timestamp::new(1, 0),
         );
         assert_eq!(
-            locks.claim(&id("a"), 2, Timestamp::new(4, 0)),
-            Err(ClaimConflict::CommittedAfterRead)
+            locks
+                .claim(&id("a"), 2, Timestamp::new(4, 0), FOR_UPDATE)
+                .unwrap_err(),
+            ClaimConflict::CommittedAfterRead
         );
-        assert_eq!(locks.claim(&id("a"), 2, Timestamp::new(5, 0)), Ok(true));
+        assert!(
+            locks
+                .claim(&id("a"), 2, Timestamp::new(5, 0), BLIND)
+                .unwrap()
+                .newly
+        );
         locks.release([&id("a")], 2, None, Timestamp::new(1, 0));
         assert_eq!(locks.sweep(Timestamp::new(5, 0)), 1);
         assert_eq!(locks.len(), 0);
     }
 
     #[test]
+    fn a_sealed_key_passes_on_with_its_value_as_the_base() {
+        let locks = KeyLocks::new();
+        let ts = Timestamp::new(1, 0);
+        locks.claim(&id("hot"), 1, ts, FOR_UPDATE).unwrap();
+        let sealed = Some(Arc::new(b"v1".to_vec()));
+        locks.seal(&[(id("hot"), sealed.clone())], 1);
+        // A blind claimer might have read the old value: it must wait (and then gets the base).
+        assert_eq!(
+            locks.claim(&id("hot"), 2, ts, BLIND).unwrap_err(),
+            ClaimConflict::Owned
+        );
+        let base = locks.wait_for(
+            &id("hot"),
+            2,
+            Instant::now() + Duration::from_secs(1),
+            &mut || Ok(()),
+        );
+        assert_eq!(base.unwrap(), Some(sealed.clone()));
+        // Owner 2 seals a delete; owner 3 claims for update and reads the delete.
+        locks.seal(&[(id("hot"), None)], 2);
+        let claimed = locks.claim(&id("hot"), 3, ts, FOR_UPDATE).unwrap();
+        assert_eq!(claimed.base, Some(None));
+        // The first commit settles: the pending version is owner 2's, which stays.
+        locks.settle([&id("hot")], 1, Some(Timestamp::new(2, 0)), Timestamp::MAX);
+        locks.release([&id("hot")], 3, None, Timestamp::MAX);
+        assert_eq!(
+            locks
+                .claim(&id("hot"), 4, Timestamp::new(2, 0), FOR_UPDATE)
+                .unwrap()
+                .base,
+            Some(None)
+        );
+        locks.release([&id("hot")], 4, None, Timestamp::MAX);
+        locks.settle([&id("hot")], 2, Some(Timestamp::new(3, 0)), Timestamp::MAX);
+        assert_eq!(
+            locks.len(),
+            0,
+            "settled, unowned, no snapshot older: forgotten"
+        );
+    }
+
+    #[test]
     fn a_cancelled_waiter_leaves_the_queue_and_passes_a_grant_on() {
         let locks = KeyLocks::new();
-        locks.claim(&id("a"), 1, Timestamp::ZERO).unwrap();
+        locks.claim(&id("a"), 1, Timestamp::ZERO, BLIND).unwrap();
         let deadline = Instant::now() + Duration::from_millis(30);
         let error = locks
             .wait_for(&id("a"), 2, deadline, &mut || Ok(()))
@@ -361,15 +551,7 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(error.code, ErrorCode::Interrupted);
-        assert!(
-            locks
-                .shard(&id("a"))
-                .lock()
-                .get(&id("a"))
-                .unwrap()
-                .waiters
-                .is_empty()
-        );
+        assert_eq!(queue_length(&locks, "a"), 0);
         locks.release([&id("a")], 1, None, Timestamp::MAX);
         assert_eq!(locks.len(), 0);
     }

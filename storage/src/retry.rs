@@ -92,7 +92,7 @@ pub fn write_conflict_retry<T>(
                     .keylocks
                     .wait_for(&key, owner, until, check_interrupt)
                 {
-                    Ok(()) => reserved = Some(key),
+                    Ok(base) => reserved = Some((key, base)),
                     Err(wait_error)
                         if wait_error.code == ErrorCode::WriteConflict
                             && deadline.is_some_and(|deadline| Instant::now() >= deadline) =>

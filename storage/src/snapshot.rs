@@ -43,7 +43,8 @@ type RawTable = ReadOnlyTable<&'static [u8], &'static [u8]>;
 /// The tables of one ident; the history table is opened only when an old version is needed.
 struct Tables {
     current: RawTable,
-    history: OnceLock<Arc<RawTable>>,
+    /// `None` inside: no version of this table was ever replaced, so it has no history table.
+    history: OnceLock<Option<Arc<RawTable>>>,
 }
 
 /// A consistent view of the engine as of one read timestamp.
@@ -73,7 +74,7 @@ fn open_raw(txn: &redb::ReadTransaction, name: &str) -> Result<Option<RawTable>,
 
 /// The version of `key` visible at `read_ts`, given its current version.
 fn resolve(
-    history: &RawTable,
+    history: Option<&RawTable>,
     key: &[u8],
     current: &[u8],
     read_ts: Timestamp,
@@ -82,7 +83,10 @@ fn resolve(
     if version.ts <= read_ts {
         return Ok(version.payload.map(<[u8]>::to_vec));
     }
-    history_lookup(history, key, read_ts)
+    match history {
+        Some(history) => history_lookup(history, key, read_ts),
+        None => Ok(None),
+    }
 }
 
 /// The history version of `key` whose interval contains `read_ts`: the first entry with a stop
@@ -153,14 +157,11 @@ impl Snapshot {
         Ok(tables)
     }
 
-    fn history(&self, ident: u64, tables: &Tables) -> Result<Arc<RawTable>, Error> {
+    fn history(&self, ident: u64, tables: &Tables) -> Result<Option<Arc<RawTable>>, Error> {
         if let Some(history) = tables.history.get() {
             return Ok(history.clone());
         }
-        let history = Arc::new(
-            open_raw(&self.txn, &format::history_table_name(ident))?
-                .expect("a current table always has a history table"),
-        );
+        let history = open_raw(&self.txn, &format::history_table_name(ident))?.map(Arc::new);
         Ok(tables.history.get_or_init(|| history).clone())
     }
 
@@ -180,11 +181,10 @@ impl Snapshot {
         if version.ts <= self.read_timestamp() {
             return Ok(version.payload.map(<[u8]>::to_vec));
         }
-        history_lookup(
-            self.history(ident, &tables)?.as_ref(),
-            key,
-            self.read_timestamp(),
-        )
+        match self.history(ident, &tables)? {
+            Some(history) => history_lookup(&history, key, self.read_timestamp()),
+            None => Ok(None),
+        }
     }
 
     /// Key-value pairs of table `ident` in `range` as of the read timestamp, in key order.
@@ -288,7 +288,7 @@ fn range_is_empty(range: &(Bound<&[u8]>, Bound<&[u8]>)) -> bool {
 
 struct ScanState {
     range: redb::Range<'static, &'static [u8], &'static [u8]>,
-    history: Arc<RawTable>,
+    history: Option<Arc<RawTable>>,
     read_ts: Timestamp,
     direction: ScanDirection,
 }
@@ -312,7 +312,12 @@ impl Iterator for ScanIter {
                 Ok(pair) => pair,
                 Err(error) => return Some(Err(storage_error("scanning", error))),
             };
-            match resolve(&state.history, key.value(), value.value(), state.read_ts) {
+            match resolve(
+                state.history.as_deref(),
+                key.value(),
+                value.value(),
+                state.read_ts,
+            ) {
                 Ok(Some(payload)) => return Some(Ok((key.value().to_vec(), payload))),
                 Ok(None) => continue,
                 Err(error) => return Some(Err(error)),

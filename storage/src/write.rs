@@ -15,8 +15,9 @@ use crate::CATALOG_IDENT;
 use crate::catalog::{CollectionMeta, catalog_key, encode_meta};
 use crate::committer::{CommitRequest, Job, StagedWrite};
 use crate::completion::Completion;
+use crate::config::CommitMode;
 use crate::engine::Engine;
-use crate::keylocks::{ClaimConflict, KeyId, OwnerId};
+use crate::keylocks::{ClaimConflict, ClaimMode, KeyId, OwnerId, SealedValue};
 use crate::snapshot::{ReadAt, ScanDirection, Snapshot};
 use crate::stats::Counters;
 use bson::Document;
@@ -57,6 +58,8 @@ pub struct WriteUnit {
     snapshot: Snapshot,
     owner: OwnerId,
     claimed: Vec<KeyId>,
+    /// Sealed versions of claimed keys that this unit must read instead of its snapshot.
+    bases: BTreeMap<(u64, Vec<u8>), SealedValue>,
     overlay: BTreeMap<(u64, Vec<u8>), OverlayEntry>,
     writes: Vec<StagedWrite>,
     oplog: Vec<Document>,
@@ -80,15 +83,28 @@ impl std::fmt::Debug for WriteUnit {
 
 impl WriteUnit {
     /// Begins a unit owned by `owner`; `reserved` is a key `owner` already holds (handed over
-    /// while it waited), released with the unit.
-    pub(crate) fn begin(engine: Engine, owner: OwnerId, reserved: Option<KeyId>) -> WriteUnit {
+    /// while it waited) with the sealed version to read it from, released with the unit.
+    pub(crate) fn begin(
+        engine: Engine,
+        owner: OwnerId,
+        reserved: Option<(KeyId, Option<SealedValue>)>,
+    ) -> WriteUnit {
         let snapshot = Snapshot::open(engine.inner.clone(), ReadAt::Latest)
             .expect("a snapshot at the latest timestamp can always be opened");
+        let mut claimed = Vec::new();
+        let mut bases = BTreeMap::new();
+        if let Some((id, base)) = reserved {
+            if let Some(base) = base {
+                bases.insert((id.ident, id.key.to_vec()), base);
+            }
+            claimed.push(id);
+        }
         WriteUnit {
             engine,
             snapshot,
             owner,
-            claimed: reserved.into_iter().collect(),
+            claimed,
+            bases,
             overlay: BTreeMap::new(),
             writes: Vec::new(),
             oplog: Vec::new(),
@@ -126,8 +142,12 @@ impl WriteUnit {
 
     /// Reads `key`, seeing this unit's own staged writes.
     pub fn get(&self, ident: u64, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        if let Some(entry) = self.overlay.get(&(ident, key.to_vec())) {
+        let lookup = (ident, key.to_vec());
+        if let Some(entry) = self.overlay.get(&lookup) {
             return Ok(entry.value.clone());
+        }
+        if let Some(base) = self.bases.get(&lookup) {
+            return Ok(base.as_ref().map(|value| value.as_ref().clone()));
         }
         self.snapshot.get(ident, key)
     }
@@ -136,7 +156,7 @@ impl WriteUnit {
     /// this unit conflict now, before it does any work with the value (and a hot document's
     /// queue forms before the work, not after it).
     pub fn get_for_update(&mut self, ident: u64, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        self.claim(ident, key)?;
+        self.claim(ident, key, ClaimMode::ForUpdate)?;
         self.get(ident, key)
     }
 
@@ -157,16 +177,25 @@ impl WriteUnit {
             Bound::Excluded(key) => Bound::Excluded((ident, key.clone())),
             Bound::Unbounded => Bound::Included((ident, Vec::new())),
         };
-        for ((entry_ident, key), entry) in self.overlay.range((lower, Bound::Unbounded)) {
-            if *entry_ident != ident {
+        let within = |entry_ident: u64, key: &Vec<u8>| {
+            entry_ident == ident
+                && match &range.1 {
+                    Bound::Included(end) => key <= end,
+                    Bound::Excluded(end) => key < end,
+                    Bound::Unbounded => true,
+                }
+        };
+        for ((entry_ident, key), base) in self.bases.range((lower.clone(), Bound::Unbounded)) {
+            if !within(*entry_ident, key) {
                 break;
             }
-            let beyond = match &range.1 {
-                Bound::Included(end) => key > end,
-                Bound::Excluded(end) => key >= end,
-                Bound::Unbounded => false,
-            };
-            if beyond {
+            merged.insert(
+                key.clone(),
+                base.as_ref().map(|value| value.as_ref().clone()),
+            );
+        }
+        for ((entry_ident, key), entry) in self.overlay.range((lower, Bound::Unbounded)) {
+            if !within(*entry_ident, key) {
                 break;
             }
             merged.insert(key.clone(), entry.value.clone());
@@ -184,20 +213,24 @@ impl WriteUnit {
         })
     }
 
-    fn claim(&mut self, ident: u64, key: &[u8]) -> Result<(), Error> {
+    fn claim(&mut self, ident: u64, key: &[u8], mode: ClaimMode) -> Result<(), Error> {
         assert!(!self.finished, "staging into a finished unit of work");
         let id = KeyId::new(ident, key);
         match self
             .engine
             .inner
             .keylocks
-            .claim(&id, self.owner, self.read_timestamp())
+            .claim(&id, self.owner, self.read_timestamp(), mode)
         {
-            Ok(true) => {
-                self.claimed.push(id);
+            Ok(claimed) => {
+                if let Some(base) = claimed.base {
+                    self.bases.insert((ident, key.to_vec()), base);
+                }
+                if claimed.newly {
+                    self.claimed.push(id);
+                }
                 Ok(())
             }
-            Ok(false) => Ok(()),
             Err(conflict) => {
                 Counters::add(&self.engine.inner.counters.write_conflicts, 1);
                 self.conflict = Some((id, conflict));
@@ -211,7 +244,7 @@ impl WriteUnit {
 
     fn stage(&mut self, ident: u64, key: &[u8], value: Option<&[u8]>) -> Result<(), Error> {
         self.check_failed()?;
-        self.claim(ident, key)?;
+        self.claim(ident, key, ClaimMode::Blind)?;
         let slot = self.slot();
         let overlay_key = (ident, key.to_vec());
         if let Some(entry) = self.overlay.get_mut(&overlay_key) {
@@ -271,7 +304,7 @@ impl WriteUnit {
         } else {
             // Still claim it: a concurrent insert of the same key must conflict with this
             // unit's decision that the key is absent.
-            self.claim(ident, key)?;
+            self.claim(ident, key, ClaimMode::Blind)?;
         }
         Ok(existed)
     }
@@ -279,7 +312,7 @@ impl WriteUnit {
     /// Claims `key` without writing it: a concurrent writer of the key conflicts with this unit.
     /// (For example, a unique-index check that found the key absent.)
     pub fn claim_key(&mut self, ident: u64, key: &[u8]) -> Result<(), Error> {
-        self.claim(ident, key)
+        self.claim(ident, key, ClaimMode::Blind)
     }
 
     /// Appends an oplog entry; the committer sets its `ts` field. Writes staged so far (since the
@@ -470,21 +503,45 @@ impl WriteUnit {
                 format!("{count} commit timestamps for {slot_count} slots"),
             ));
         }
+        // Written keys are sealed when the commit is queued (early release, see `keylocks`),
+        // except catalog keys (the catalog is read through its mirror, not through bases) and
+        // units with explicit timestamps (a secondary applying: such a commit may be refused
+        // alone, so nothing may build on it). Other claimed keys are held until visible.
+        let may_seal = self.explicit_timestamps.is_none()
+            && self.engine.inner.config.commit_mode == CommitMode::Background;
+        let mut sealed = Vec::new();
+        let mut sealed_ids = Vec::new();
+        let mut held = Vec::new();
+        for id in std::mem::take(&mut self.claimed) {
+            let written = self.overlay.get(&(id.ident, id.key.to_vec()));
+            match written {
+                Some(entry) if may_seal && id.ident != CATALOG_IDENT => {
+                    sealed.push((id.clone(), entry.value.clone().map(Arc::new)));
+                    sealed_ids.push(id);
+                }
+                _ => held.push(id),
+            }
+        }
         let done = Completion::new();
+        let owner = self.owner;
         let request = CommitRequest {
-            owner: self.owner,
+            owner,
             writes: std::mem::take(&mut self.writes),
             oplog: std::mem::take(&mut self.oplog),
             slot_count,
             explicit_timestamps: self.explicit_timestamps.take(),
             durability,
-            claimed: std::mem::take(&mut self.claimed),
+            sealed: sealed_ids,
+            claimed: held,
             catalog_changes: std::mem::take(&mut self.catalog_changes),
             drop_idents: std::mem::take(&mut self.drop_idents),
             max_ident: self.max_ident,
             done: done.clone(),
         };
-        self.engine.run_job(Job::Commit(request), &done)
+        let keylocks = &self.engine.inner.keylocks;
+        self.engine.run_job_then(Job::Commit(request), &done, || {
+            keylocks.seal(&sealed, owner)
+        })
     }
 
     fn release_claims(&mut self) {

@@ -170,17 +170,25 @@ fn hot_document_increments_are_never_lost() {
         let threads = 8;
         let increments = 50;
         std::thread::scope(|scope| {
-            for _ in 0..threads {
-                scope.spawn(|| {
+            for thread in 0..threads {
+                let engine = &engine;
+                scope.spawn(move || {
+                    // Half read for update (and may build on sealed versions), half read plainly
+                    // and claim blind when they write.
+                    let for_update = thread % 2 == 0;
                     for _ in 0..increments {
                         let options = RetryOptions {
                             durability: Durability::Visible,
                             deadline: None,
                             check_interrupt: &mut || Ok(()),
                         };
-                        write_conflict_retry(&engine, options, |unit| {
-                            let current = unit
-                                .get(TABLE, &key(0))?
+                        write_conflict_retry(engine, options, |unit| {
+                            let current = if for_update {
+                                unit.get_for_update(TABLE, &key(0))?
+                            } else {
+                                unit.get(TABLE, &key(0))?
+                            };
+                            let current = current
                                 .map(|bytes| u64::from_be_bytes(bytes.try_into().unwrap()))
                                 .unwrap_or(0);
                             unit.put(TABLE, &key(0), &(current + 1).to_be_bytes())?;

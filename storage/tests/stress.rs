@@ -83,8 +83,21 @@ fn transfers_never_change_the_total_under_snapshot_reads() {
                         check_interrupt: &mut || Ok(()),
                     };
                     let (_, info) = write_conflict_retry(engine, options, |unit| {
-                        let from_balance = balance(&unit.get(TABLE, &common::key(from))?.unwrap());
-                        let to_balance = balance(&unit.get(TABLE, &common::key(to))?.unwrap());
+                        // Even writers read for update (building on sealed versions), odd ones
+                        // read plainly and claim when they write.
+                        let (from_bytes, to_bytes) = if seed % 2 == 0 {
+                            (
+                                unit.get_for_update(TABLE, &common::key(from))?,
+                                unit.get_for_update(TABLE, &common::key(to))?,
+                            )
+                        } else {
+                            (
+                                unit.get(TABLE, &common::key(from))?,
+                                unit.get(TABLE, &common::key(to))?,
+                            )
+                        };
+                        let from_balance = balance(&from_bytes.unwrap());
+                        let to_balance = balance(&to_bytes.unwrap());
                         if from_balance < amount {
                             return Ok(());
                         }
