@@ -315,10 +315,20 @@ impl FindCommand {
         })
     }
 
-    /// The query to plan, with filter, sort and projection parsed.
+    /// The query to plan, with filter, sort and projection parsed. `sort: {$natural: ±1}` is
+    /// a collection scan in that direction, as in MongoDB.
     pub fn to_query(&self, database: &str) -> Result<CanonicalQuery> {
         let filter = Matcher::parse_with_let(&self.filter, self.let_variables.as_ref())?;
+        let mut hint = self.hint.clone();
         let sort = match &self.sort {
+            Some(spec) if spec.len() == 1 && spec.contains_key("$natural") => {
+                let forward = spec
+                    .get("$natural")
+                    .and_then(crate::value::as_f64)
+                    .is_none_or(|d| d >= 0.0);
+                hint = Some(Hint::Natural { forward });
+                SortSpec::default()
+            }
             Some(spec) => SortSpec::parse(spec)?,
             None => SortSpec::default(),
         };
@@ -333,7 +343,7 @@ impl FindCommand {
             projection,
             skip: self.skip,
             limit: self.limit,
-            hint: self.hint.clone(),
+            hint,
         })
     }
 }
@@ -710,6 +720,18 @@ pub struct CountCommand {
 }
 
 impl CountCommand {
+    /// The query to plan (count ignores sort and projection).
+    pub fn to_query(&self, database: &str) -> Result<CanonicalQuery> {
+        let mut query = CanonicalQuery::new(
+            &format!("{database}.{}", self.collection),
+            Matcher::parse(&self.query)?,
+        );
+        query.skip = self.skip;
+        query.limit = self.limit;
+        query.hint = self.hint.clone();
+        Ok(query)
+    }
+
     pub fn parse(command: &Document) -> Result<CountCommand> {
         let collection = collection_name(command, "count")?;
         let fields = Fields::new("count", command);
@@ -753,6 +775,16 @@ pub struct DistinctCommand {
 }
 
 impl DistinctCommand {
+    /// The query to plan; apply `agg::pipeline::distinct_values` to the matches.
+    pub fn to_query(&self, database: &str) -> Result<CanonicalQuery> {
+        let mut query = CanonicalQuery::new(
+            &format!("{database}.{}", self.collection),
+            Matcher::parse(&self.query)?,
+        );
+        query.hint = self.hint.clone();
+        Ok(query)
+    }
+
     pub fn parse(command: &Document) -> Result<DistinctCommand> {
         let collection = collection_name(command, "distinct")?;
         let fields = Fields::new("distinct", command);
@@ -1096,5 +1128,42 @@ impl DropIndexesCommand {
             }
         }
         Ok(DropIndexesCommand { collection, target })
+    }
+}
+
+/// `explain`: the explained command and the verbosity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExplainCommand {
+    pub command: Document,
+    pub verbosity: crate::planner::Verbosity,
+}
+
+impl ExplainCommand {
+    pub fn parse(command: &Document) -> Result<ExplainCommand> {
+        let fields = Fields::new("explain", command);
+        fields.check_known(&["explain", "verbosity"], true, false)?;
+        let inner = fields.required_document("explain")?.clone();
+        if inner.is_empty() {
+            return Err(Error::failed_to_parse(
+                "explain command requires a nested object",
+            ));
+        }
+        let verbosity = match fields.string("verbosity")? {
+            Some(text) => crate::planner::Verbosity::parse(text)?,
+            None => crate::planner::Verbosity::AllPlansExecution,
+        };
+        Ok(ExplainCommand {
+            command: inner,
+            verbosity,
+        })
+    }
+
+    /// The explained command's name (`find`, `aggregate`, ...).
+    pub fn command_name(&self) -> &str {
+        self.command
+            .keys()
+            .next()
+            .map(String::as_str)
+            .unwrap_or_default()
     }
 }

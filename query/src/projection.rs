@@ -245,7 +245,12 @@ impl Projection {
             };
             insert(&mut tree, &parts, action, field)?;
         }
-        let kind = kind.unwrap_or(ProjectionKind::Exclusion);
+        // `{_id: 1}` alone is an inclusion (only _id); `{_id: 0}` alone an exclusion.
+        let kind = kind.unwrap_or(if include_id && spec.contains_key("_id") {
+            ProjectionKind::Inclusion
+        } else {
+            ProjectionKind::Exclusion
+        });
         if kind == ProjectionKind::Inclusion && !include_id {
             tree.fields.retain(|(n, _)| n != "_id");
         }
@@ -631,6 +636,11 @@ mod tests {
             doc! {"item": "journal", "h2": 28, "tag": 1}
         );
         assert_eq!(project(doc! {}, inventory.clone()), inventory);
+        assert_eq!(project(doc! {"_id": 1}, inventory.clone()), doc! {"_id": 1});
+        assert_eq!(
+            project(doc! {"_id": 0}, doc! {"_id": 1, "a": 2}),
+            doc! {"a": 2}
+        );
         assert_eq!(
             project(
                 doc! {"a": {"b": 1}},

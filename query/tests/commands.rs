@@ -3,10 +3,10 @@
 use bson::{Bson, doc};
 use cairn_query::commands::{
     AggregateCommand, CountCommand, CreateIndexesCommand, DeleteCommand, DistinctCommand,
-    DropIndexesCommand, DropTarget, FindAndModifyCommand, FindCommand, UpdateCommand,
-    UpdateModification,
+    DropIndexesCommand, DropTarget, ExplainCommand, FindAndModifyCommand, FindCommand,
+    UpdateCommand, UpdateModification,
 };
-use cairn_query::planner::Hint;
+use cairn_query::planner::{Hint, Verbosity};
 
 fn error<T: std::fmt::Debug>(result: cairn_types::Result<T>) -> (i32, String) {
     let error = result.unwrap_err();
@@ -364,4 +364,39 @@ fn create_and_drop_indexes() {
         .0,
         72
     );
+}
+
+#[test]
+fn explain_and_natural_sort() {
+    let explain = ExplainCommand::parse(
+        &doc! {"explain": {"find": "c", "filter": {}}, "verbosity": "executionStats", "$db": "d"},
+    )
+    .unwrap();
+    assert_eq!(explain.command_name(), "find");
+    assert_eq!(explain.verbosity, Verbosity::ExecutionStats);
+    assert_eq!(
+        ExplainCommand::parse(&doc! {"explain": {"find": "c"}})
+            .unwrap()
+            .verbosity,
+        Verbosity::AllPlansExecution
+    );
+    assert_eq!(
+        error(ExplainCommand::parse(
+            &doc! {"explain": {"find": "c"}, "verbosity": "loud"}
+        ))
+        .0,
+        2
+    );
+    assert_eq!(error(ExplainCommand::parse(&doc! {"explain": 1})).0, 14);
+    let query = FindCommand::parse(&doc! {"find": "c", "sort": {"$natural": -1}})
+        .unwrap()
+        .to_query("d")
+        .unwrap();
+    assert_eq!(query.hint, Some(Hint::Natural { forward: false }));
+    assert!(query.sort.is_empty());
+    let count = CountCommand::parse(&doc! {"count": "c", "query": {"a": 1}, "limit": 2})
+        .unwrap()
+        .to_query("d")
+        .unwrap();
+    assert_eq!((count.namespace.as_str(), count.limit), ("d.c", Some(2)));
 }
