@@ -319,6 +319,7 @@ impl<'js> Inspector<'js> {
     fn container(&mut self, object: &Object<'js>, is_array: bool, level: usize) -> String {
         let mut entries: Vec<String> = Vec::new();
         let mut all_numbers = true;
+        let mut all_primitive = true;
         if is_array {
             let array = object.clone().into_array().expect("checked is_array");
             let length = array.len();
@@ -333,6 +334,7 @@ impl<'js> Inspector<'js> {
                     .get(index)
                     .unwrap_or_else(|_| Value::new_undefined(self.ctx.clone()));
                 all_numbers &= item.is_number() || item.is_big_int();
+                all_primitive &= !item.is_object() || bson_type(&item).is_some();
                 entries.push(self.format(&item, level + 1));
             }
             if length > ARRAY_ITEMS_SHOWN_MAX {
@@ -382,7 +384,16 @@ impl<'js> Inspector<'js> {
         }
         self.seen.pop();
         let braces = if is_array { ("[", "]") } else { ("{", "}") };
-        self.reduce(entries, "", braces, is_array, all_numbers, level + 1)
+        // Unlike Node, documents are never set side by side in columns (mongosh shows one per
+        // line); arrays of scalars are.
+        self.reduce(
+            entries,
+            "",
+            braces,
+            is_array && all_primitive,
+            all_numbers,
+            level + 1,
+        )
     }
 
     fn class_name(&self, object: &Object<'js>) -> Option<String> {

@@ -683,7 +683,7 @@
       if (value.hasNext()) text += (text ? '\n' : '') + 'Type "it" for more';
       return text;
     }
-    if (value instanceof DB || (value !== null && typeof value === 'object' && value._proxy !== undefined && value instanceof DB)) return value._name;
+    if (value instanceof DB) return value._name;
     if (value instanceof Collection) return value.getFullName();
     if (value === undefined) return undefined;
     return native.inspect(value);

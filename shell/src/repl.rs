@@ -279,6 +279,7 @@ pub const HISTORY_ENTRIES_MAX: usize = 10_000;
 pub fn run(shell: Rc<Shell>, colour: bool) -> i32 {
     let config = Config::builder()
         .auto_add_history(false)
+        .completion_type(rustyline::CompletionType::List)
         .max_history_size(HISTORY_ENTRIES_MAX)
         .and_then(|builder| builder.history_ignore_dups(true))
         .map(|builder| builder.build())
@@ -341,7 +342,7 @@ pub fn run(shell: Rc<Shell>, colour: bool) -> i32 {
                     break 0;
                 }
                 if pending.is_empty() {
-                    eprintln!("(To exit, press Ctrl+C again or Ctrl+D or type .exit)");
+                    eprintln!("(To exit, press Ctrl+C again or Ctrl+D or type exit)");
                     interrupted_once = true;
                 }
                 pending.clear();

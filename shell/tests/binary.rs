@@ -13,9 +13,16 @@ struct Double {
 }
 
 fn start() -> Double {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let server = runtime.block_on(Server::start());
-    Double { server, _runtime: runtime }
+    Double {
+        server,
+        _runtime: runtime,
+    }
 }
 
 fn cairn(args: &[&str], stdin: Option<&str>) -> Output {
@@ -43,14 +50,35 @@ fn text(bytes: &[u8]) -> String {
 fn eval_prints_results_without_colour_and_exits_zero() {
     let double = start();
     let host = double.server.address.to_string();
-    let output = cairn(&["--host", &host, "--eval", "db.c.insertOne({_id: 1, n: NumberLong(5)}); db.c.find().toArray()"], None);
+    let output = cairn(
+        &[
+            "--host",
+            &host,
+            "--eval",
+            "db.c.insertOne({_id: 1, n: NumberLong(5)}); db.c.find().toArray()",
+        ],
+        None,
+    );
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     assert_eq!(text(&output.stdout), "[ { _id: 1, n: Long('5') } ]\n");
-    assert!(!text(&output.stdout).contains('\u{1b}'), "no colour when piped");
+    assert!(
+        !text(&output.stdout).contains('\u{1b}'),
+        "no colour when piped"
+    );
     assert_eq!(double.server.double.documents("test.c").len(), 1);
 
     // Several --eval, shell commands included.
-    let output = cairn(&["--host", &host, "--eval", "use app", "--eval", "db.getName()"], None);
+    let output = cairn(
+        &[
+            "--host",
+            &host,
+            "--eval",
+            "use app",
+            "--eval",
+            "db.getName()",
+        ],
+        None,
+    );
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     assert_eq!(text(&output.stdout), "switched to db app\napp\n");
 }
@@ -59,10 +87,25 @@ fn eval_prints_results_without_colour_and_exits_zero() {
 fn uncaught_errors_exit_one_with_the_error_on_stderr() {
     let double = start();
     let host = double.server.address.to_string();
-    let output = cairn(&["--host", &host, "--eval", "db.c.insertOne({_id: 1}); db.c.insertOne({_id: 1})"], None);
+    let output = cairn(
+        &[
+            "--host",
+            &host,
+            "--eval",
+            "db.c.insertOne({_id: 1}); db.c.insertOne({_id: 1})",
+        ],
+        None,
+    );
     assert_eq!(output.status.code(), Some(1));
-    assert!(text(&output.stderr).contains("MongoServerError[DuplicateKey]: E11000 duplicate key error"), "{}", text(&output.stderr));
-    let output = cairn(&["--host", &host, "--eval", "throw new Error('boom')"], None);
+    assert!(
+        text(&output.stderr).contains("MongoServerError[DuplicateKey]: E11000 duplicate key error"),
+        "{}",
+        text(&output.stderr)
+    );
+    let output = cairn(
+        &["--host", &host, "--eval", "throw new Error('boom')"],
+        None,
+    );
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(text(&output.stderr), "Error: boom\n");
     let output = cairn(&["--host", &host, "--eval", "quit(7)"], None);
@@ -81,10 +124,18 @@ fn script_files_and_connection_strings() {
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     assert_eq!(text(&output.stdout), "app 3\n");
     let failing = directory.join("failing.js");
-    std::fs::write(&failing, "db.nosuch.aggregate([{$bogus: 1}]).toArray();\nundefinedFunction();\n").unwrap();
+    std::fs::write(
+        &failing,
+        "db.nosuch.aggregate([{$bogus: 1}]).toArray();\nundefinedFunction();\n",
+    )
+    .unwrap();
     let output = cairn(&[&uri, failing.to_str().unwrap()], None);
     assert_eq!(output.status.code(), Some(1));
-    assert!(text(&output.stderr).contains("ReferenceError: undefinedFunction is not defined"), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("ReferenceError: undefinedFunction is not defined"),
+        "{}",
+        text(&output.stderr)
+    );
     // The database in the connection string's path is the current one.
     let output = cairn(&[&format!("{uri}app"), "--eval", "db.getName()"], None);
     assert_eq!(text(&output.stdout), "app\n");
@@ -95,26 +146,57 @@ fn script_files_and_connection_strings() {
 fn piped_input_runs_as_a_repl() {
     let double = start();
     let host = double.server.address.to_string();
-    let output = cairn(&["--host", &host, "--quiet"], Some("x = {\n  a: 1\n}\nuse other\ndb.getName()\n"));
+    let output = cairn(
+        &["--host", &host, "--quiet"],
+        Some("x = {\n  a: 1\n}\nuse other\ndb.getName()\n"),
+    );
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     let stdout = text(&output.stdout);
-    assert!(stdout.contains("{ a: 1 }") && stdout.contains("switched to db other") && stdout.contains("other"), "{stdout}");
+    assert!(
+        stdout.contains("{ a: 1 }")
+            && stdout.contains("switched to db other")
+            && stdout.contains("other"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn connection_failures_and_bad_arguments() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let output = cairn(&[&format!("cairn://127.0.0.1:{port}/?serverSelectionTimeoutMS=300"), "--eval", "1"], None);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let output = cairn(
+        &[
+            &format!("cairn://127.0.0.1:{port}/?serverSelectionTimeoutMS=300"),
+            "--eval",
+            "1",
+        ],
+        None,
+    );
     assert_eq!(output.status.code(), Some(3));
-    assert!(text(&output.stderr).contains("cannot connect"), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("cannot connect"),
+        "{}",
+        text(&output.stderr)
+    );
     let output = cairn(&["--eval", "1"], None);
     assert_eq!(output.status.code(), Some(3));
-    assert!(text(&output.stderr).contains("embedded default"), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("embedded default"),
+        "{}",
+        text(&output.stderr)
+    );
     let output = cairn(&["notafile"], None);
     assert_eq!(output.status.code(), Some(2));
     let output = cairn(&["--bogus"], None);
     assert_eq!(output.status.code(), Some(2));
     let output = cairn(&["cairn://h/?nonsense=1", "--eval", "1"], None);
     assert_eq!(output.status.code(), Some(2));
-    assert!(text(&output.stderr).contains("unknown option 'nonsense'"), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("unknown option 'nonsense'"),
+        "{}",
+        text(&output.stderr)
+    );
 }
