@@ -45,7 +45,7 @@ pub use config::{CommitMode, EngineConfig};
 pub use engine::{Engine, TimestampState};
 pub use snapshot::{ReadAt, ScanDirection, Snapshot};
 pub use stats::EngineStats;
-pub use write::{CommitInfo, Durability, WriteUnit};
+pub use write::{CommitInfo, Durability, KEY_SIZE_MAX_BYTES, VALUE_SIZE_MAX_BYTES, WriteUnit};
 
 /// A key and its value, as scans return them.
 pub type KeyValue = (Vec<u8>, Vec<u8>);

@@ -26,6 +26,12 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
+/// Largest value the engine stores: a 16 MiB document plus room for internal fields.
+pub const VALUE_SIZE_MAX_BYTES: usize = cairn_types::limits::BSON_OBJECT_INTERNAL_SIZE_MAX_BYTES;
+
+/// Largest key the engine stores (an encoded `_id` or index key).
+pub const KEY_SIZE_MAX_BYTES: usize = 64 * 1024;
+
 /// How long `commit` waits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
@@ -284,11 +290,31 @@ impl WriteUnit {
     }
 
     /// Stages `key = value` in table `ident`.
+    /// Values over [`VALUE_SIZE_MAX_BYTES`] are refused with BSONObjectTooLarge (10334), keys
+    /// over [`KEY_SIZE_MAX_BYTES`] with KeyTooLong (17280).
     pub fn put(&mut self, ident: u64, key: &[u8], value: &[u8]) -> Result<(), Error> {
         assert_ne!(
             ident, CATALOG_IDENT,
             "the catalog is changed through the catalog methods"
         );
+        if value.len() > VALUE_SIZE_MAX_BYTES {
+            return Err(Error::new(
+                ErrorCode::BSONObjectTooLarge,
+                format!(
+                    "value of {} bytes is over the limit of {VALUE_SIZE_MAX_BYTES} bytes",
+                    value.len()
+                ),
+            ));
+        }
+        if key.len() > KEY_SIZE_MAX_BYTES {
+            return Err(Error::new(
+                ErrorCode::KeyTooLong,
+                format!(
+                    "key of {} bytes is over the limit of {KEY_SIZE_MAX_BYTES} bytes",
+                    key.len()
+                ),
+            ));
+        }
         self.stage(ident, key, Some(value))
     }
 

@@ -620,3 +620,34 @@ fn snapshots_and_units_move_between_threads() {
     assert_send::<cairn_storage::WriteUnit>();
     assert_send::<cairn_storage::Engine>();
 }
+
+#[test]
+fn oversized_values_and_keys_are_refused_and_the_engine_keeps_serving() {
+    let clock = clock();
+    let engine = open(&cairn_storage::Backend::Memory, &clock);
+    let mut unit = engine.begin_write();
+    let huge = vec![0u8; cairn_storage::VALUE_SIZE_MAX_BYTES + 1];
+    assert_eq!(
+        unit.put(TABLE, &key(1), &huge).unwrap_err().code,
+        ErrorCode::BSONObjectTooLarge
+    );
+    let long_key = vec![1u8; cairn_storage::KEY_SIZE_MAX_BYTES + 1];
+    assert_eq!(
+        unit.put(TABLE, &long_key, b"v").unwrap_err().code,
+        ErrorCode::KeyTooLong
+    );
+    // The largest allowed value is stored and read back whole.
+    let largest = vec![7u8; cairn_types::limits::BSON_OBJECT_SIZE_MAX_BYTES];
+    unit.put(TABLE, &key(2), &largest).unwrap();
+    unit.commit(Durability::Journaled).unwrap();
+    let snapshot = engine.snapshot(ReadAt::Latest).unwrap();
+    assert_eq!(
+        snapshot
+            .get(TABLE, &key(2))
+            .unwrap()
+            .map(|value| value.len()),
+        Some(largest.len())
+    );
+    drop(snapshot);
+    engine.close().unwrap();
+}
