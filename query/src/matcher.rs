@@ -367,7 +367,15 @@ fn parse_top(filter: &Document, context: &ParseContext, depth: usize) -> Result<
     Ok(simplify_and(children))
 }
 
-fn simplify_and(mut children: Vec<Node>) -> Node {
+fn simplify_and(children: Vec<Node>) -> Node {
+    // Nested ANDs flatten into one, as MongoDB's parsedQuery shows them.
+    let mut children: Vec<Node> = children
+        .into_iter()
+        .flat_map(|child| match child {
+            Node::And(inner) => inner,
+            other => vec![other],
+        })
+        .collect();
     children.retain(|child| *child != Node::AlwaysTrue);
     match children.len() {
         0 => Node::AlwaysTrue,
