@@ -94,6 +94,22 @@ impl<T> Cursor<T> {
         self.buffer.is_empty() && self.id == 0 && self.pending.is_none()
     }
 
+    /// Kills the server cursor now and waits for the reply (dropping a cursor kills it in the
+    /// background instead).
+    pub async fn close(mut self) -> Result<()> {
+        if self.id == 0 {
+            return Ok(());
+        }
+        let command = doc! {"killCursors": self.namespace.coll.clone(), "cursors": [self.id]};
+        self.id = 0;
+        self.buffer.clear();
+        self.client
+            .core()
+            .run_on(&self.address, &self.namespace.db, command, None)
+            .await
+            .map(|_| ())
+    }
+
     /// The same cursor, yielding another type.
     pub fn with_type<U>(mut self) -> Cursor<U> {
         let cursor = Cursor {

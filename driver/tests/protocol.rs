@@ -248,6 +248,28 @@ async fn dropping_a_cursor_early_kills_it() {
         doc! {"killCursors": "c", "cursors": [id], "$db": "app"}
     );
     assert_eq!(server.double.open_cursors(), 0);
+
+    // close() kills at once and waits for the reply.
+    server
+        .double
+        .seed("app.d", (0..50).map(|i| doc! {"_id": i}).collect());
+    let cursor = client
+        .database("app")
+        .collection::<Document>("d")
+        .find(doc! {})
+        .batch_size(10)
+        .await
+        .unwrap();
+    let id = cursor.id();
+    cursor.close().await.unwrap();
+    assert_eq!(
+        server.double.killed_cursors(),
+        vec![killed_first(&server), id]
+    );
+}
+
+fn killed_first(server: &Server) -> i64 {
+    server.double.killed_cursors()[0]
 }
 
 #[tokio::test]

@@ -156,7 +156,19 @@ struct State {
     exit_code: Rc<Cell<Option<i32>>>,
 }
 
+/// How long closing one cursor may wait for the server.
+const CURSOR_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl State {
+    /// Kills a server cursor and waits (briefly) for the reply; on timeout or Ctrl-C the cursor
+    /// is left to the server's cursor timeout.
+    fn close_cursor(&self, cursor: Cursor<Document>) {
+        let _ = self.block_on(async move {
+            let _ = tokio::time::timeout(CURSOR_CLOSE_TIMEOUT, cursor.close()).await;
+            Ok(())
+        });
+    }
+
     fn block_on<T>(
         &self,
         future: impl Future<Output = cairn_driver::Result<T>>,
@@ -403,8 +415,16 @@ impl Shell {
 
 impl Drop for Shell {
     fn drop(&mut self) {
-        // Dropping the driver cursors kills their server cursors (on the tokio runtime).
-        self.state.cursors.borrow_mut().clear();
+        let cursors: Vec<Cursor<Document>> = self
+            .state
+            .cursors
+            .borrow_mut()
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        for cursor in cursors {
+            self.state.close_cursor(cursor);
+        }
     }
 }
 
@@ -568,7 +588,10 @@ fn install_natives<'js>(ctx: &Ctx<'js>, state: &Rc<State>) -> rquickjs::Result<(
     natives.set(
         "cursorClose",
         Function::new(ctx.clone(), move |handle: u32| {
-            s.cursors.borrow_mut().remove(&handle);
+            let cursor = s.cursors.borrow_mut().remove(&handle);
+            if let Some(cursor) = cursor {
+                s.close_cursor(cursor);
+            }
         })?,
     )?;
 

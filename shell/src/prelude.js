@@ -242,6 +242,11 @@
 
   const SHELL_BATCH_SIZE = 20;
 
+  // A cursor that no variable holds any more closes its server cursor when it is collected.
+  const cursorRegistry = typeof FinalizationRegistry === 'function'
+    ? new FinalizationRegistry((handle) => native.cursorClose(handle))
+    : null;
+
   class Cursor {
     constructor(collection, command, isRead) {
       define(this, '_collection', collection);
@@ -251,6 +256,7 @@
       define(this, '_buffer', []);
       define(this, '_mapper', null);
       define(this, '_done', false);
+      define(this, '_token', {});
     }
     _check(what) {
       if (this._handle !== null) throw makeError('MongoCursorInUseError', 'Cannot call ' + what + '() after the cursor has started');
@@ -297,6 +303,8 @@
       if (this._handle === null) {
         const batchSize = this._command.batchSize;
         this._handle = native.openCursor(this._collection._db._name, this._orderedCommand(), this._isRead, batchSize === undefined ? 0 : batchSize);
+        // The unregister token is an object of its own: a registry may hold its token strongly.
+        if (cursorRegistry !== null) cursorRegistry.register(this, this._handle, this._token);
       }
     }
     _fill(n) {
@@ -319,7 +327,14 @@
     toArray() { const all = []; while (this.hasNext()) all.push(this.next()); return all; }
     itcount() { let n = 0; while (this.hasNext()) { this.next(); n++; } return n; }
     isExhausted() { return this._handle !== null && this._buffer.length === 0 && (this._done || native.cursorExhausted(this._handle)); }
-    close() { if (this._handle !== null) native.cursorClose(this._handle); this._done = true; this._buffer = []; }
+    close() {
+      if (this._handle !== null) {
+        if (cursorRegistry !== null) cursorRegistry.unregister(this._token);
+        native.cursorClose(this._handle);
+      }
+      this._done = true;
+      this._buffer = [];
+    }
     [Symbol.iterator]() {
       const cursor = this;
       return { next() { return cursor.hasNext() ? { value: cursor.next(), done: false } : { value: undefined, done: true }; } };

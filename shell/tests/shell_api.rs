@@ -566,3 +566,36 @@ fn quit_and_interrupt() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     assert_eq!(h.ok("'still alive'"), "still alive");
 }
+
+#[test]
+fn abandoned_cursors_are_closed() {
+    let h = Harness::start();
+    h.server
+        .double
+        .seed("test.c", (0..10).map(|i| doc! {"_id": i}).collect());
+    // A cursor no variable holds any more is collected, and its server cursor killed.
+    assert_eq!(h.ok("db.c.find().batchSize(2).next()"), "{ _id: 0 }");
+    h.ok("1");
+    assert_eq!(h.shell.open_cursors(), 0);
+    assert_eq!(h.server.double.killed_cursors().len(), 1);
+    // One that is still held stays open.
+    h.ok("held = db.c.find().batchSize(2); held.next()");
+    h.ok("1");
+    assert_eq!(h.shell.open_cursors(), 1);
+    assert_eq!(h.ok("held.next()"), "{ _id: 1 }");
+    // Closing the shell closes what is left.
+    let server_killed_before = h.server.double.killed_cursors().len();
+    let Harness {
+        shell,
+        server,
+        runtime,
+        ..
+    } = h;
+    drop(shell);
+    assert_eq!(
+        server.double.killed_cursors().len(),
+        server_killed_before + 1
+    );
+    drop(server);
+    drop(runtime);
+}
