@@ -225,6 +225,16 @@ impl OpShared {
         self.cell.lock().note = None;
     }
 
+    /// Records that a mode of `kind` is held (only the operation writes these: no
+    /// read-modify-write needed).
+    fn raise_held_mode(&self, kind: ResourceType, mode: LockMode) {
+        let value = mode.index() as u8 + 1;
+        let cell = &self.held_modes[kind.index()];
+        if cell.load(Ordering::Relaxed) < value {
+            cell.store(value, Ordering::Relaxed);
+        }
+    }
+
     fn set_held_mode(&self, kind: ResourceType, mode: Option<LockMode>) {
         let value = mode.map_or(0, |m| m.index() as u8 + 1);
         self.held_modes[kind.index()].store(value, Ordering::Relaxed);
@@ -387,6 +397,7 @@ enum HeldGrant {
 /// One resource an operation holds.
 struct Held {
     head: HeadRef,
+    kind: ResourceType,
     /// Meaningful while `in_manager`.
     grant: HeldGrant,
     mode: LockMode,
@@ -658,6 +669,7 @@ impl Locker {
         };
         let entry = Held {
             head: HeadRef::ReplicationStateTransition,
+            kind,
             grant: HeldGrant::Slot(slot),
             mode,
             count: 1,
@@ -741,7 +753,7 @@ impl Locker {
     }
 
     fn insert_held(&self, entry: Held) -> usize {
-        let kind = entry.head.get(self.inner()).resource.resource_type();
+        let (kind, mode) = (entry.kind, entry.mode);
         let mut held = self.held.borrow_mut();
         let index = match held.iter().position(Option::is_none) {
             Some(index) => {
@@ -753,16 +765,15 @@ impl Locker {
                 held.len() - 1
             }
         };
-        self.refresh_held_mode(&held, kind);
+        self.shared.raise_held_mode(kind, mode);
         index
     }
 
     fn refresh_held_mode(&self, held: &[Option<Held>], kind: ResourceType) {
-        let inner = self.inner();
         let strongest = held
             .iter()
             .flatten()
-            .filter(|e| e.in_manager && e.head.get(inner).resource.resource_type() == kind)
+            .filter(|e| e.in_manager && e.kind == kind)
             .map(|e| e.mode)
             .max();
         self.shared.set_held_mode(kind, strongest);
@@ -806,8 +817,9 @@ impl Locker {
                 self.convert(index, mode)?;
             }
             let mut held = self.held.borrow_mut();
-            held[index].as_mut().expect("found entry").count += 1;
-            self.refresh_held_mode(&held, kind);
+            let entry = held[index].as_mut().expect("found entry");
+            entry.count += 1;
+            self.shared.raise_held_mode(kind, entry.mode);
             return Ok(index);
         }
         let head = match target {
@@ -821,6 +833,7 @@ impl Locker {
         let grant = self.grant_on(&head, mode, enqueue_at_front)?;
         Ok(self.insert_held(Held {
             head,
+            kind,
             grant,
             mode,
             count: 1,
@@ -1084,7 +1097,7 @@ impl Locker {
             return;
         }
         let entry = held[index].take().expect("entry");
-        let kind = entry.head.get(self.inner()).resource.resource_type();
+        let kind = entry.kind;
         if entry.in_manager {
             self.release_grant(&entry);
         }

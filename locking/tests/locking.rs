@@ -600,6 +600,83 @@ fn a_deadlock_is_detected_not_waited_out() {
 }
 
 #[test]
+fn a_deadlock_through_fast_path_intent_locks_is_detected() {
+    // Each operation holds IX on its collection (granted on the fast path, so no lock head
+    // lists it) and then asks for X on the other's: the cycle is only visible through what the
+    // operations publish about their fast-path grants.
+    let manager = manager();
+    let barrier = std::sync::Barrier::new(2);
+    let outcomes = thread::scope(|scope| {
+        let run = |mine: &'static str, theirs: &'static str| {
+            let (manager, barrier) = (&manager, &barrier);
+            scope.spawn(move || {
+                let op = locker(manager, mine, 30_000);
+                let _ix = op.lock_collection(&ns(mine), IX).unwrap();
+                barrier.wait();
+                let started = Instant::now();
+                let outcome = op
+                    .lock_collection(&ns(theirs), X)
+                    .map(|_| ())
+                    .map_err(|e| e.code);
+                (outcome, started.elapsed())
+            })
+        };
+        let one = run("east", "west");
+        let two = run("west", "east");
+        [one.join().unwrap(), two.join().unwrap()]
+    });
+    let victims = outcomes.iter().filter(|(o, _)| o.is_err()).count();
+    assert_eq!(victims, 1, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .any(|(o, _)| *o == Err(ErrorCode::LockTimeout))
+    );
+    assert!(
+        outcomes
+            .iter()
+            .all(|(_, waited)| *waited < Duration::from_secs(5)),
+        "{outcomes:?}"
+    );
+}
+
+#[test]
+fn lock_info_lists_fast_path_holders() {
+    let manager = manager();
+    let op = locker(&manager, "conn7", 1_000);
+    let _guard = op.lock_collection(&ns("c"), IS).unwrap();
+    let info = manager.lock_info();
+    let entries = info.get_array("lockInfo").unwrap();
+    let global = entries
+        .iter()
+        .map(|e| e.as_document().unwrap())
+        .find(|e| e.get_str("resourceId").unwrap() == "{Global}")
+        .expect("Global is listed");
+    assert_eq!(
+        global.get_array("granted").unwrap()[0]
+            .as_document()
+            .unwrap(),
+        &doc! {
+            "mode": "IS", "convertMode": "NONE", "enqueueAtFront": false,
+            "compatibleFirst": false, "clientInfo": {"opid": op.opid() as i64, "desc": "conn7"},
+        }
+    );
+    let resources: Vec<&str> = entries
+        .iter()
+        .map(|e| e.as_document().unwrap().get_str("resourceId").unwrap())
+        .collect();
+    assert_eq!(
+        resources,
+        [
+            "{ReplicationStateTransition}",
+            "{Global}",
+            "{Database: shop}",
+            "{Collection: shop.c}"
+        ]
+    );
+}
+
+#[test]
 fn a_yielding_scan_lets_a_waiting_writer_in() {
     let manager = manager();
     let writer_done = AtomicBool::new(false);
