@@ -7,7 +7,7 @@ use crate::database::Database;
 use crate::error::Result;
 use crate::execute::Core;
 use crate::options::ClientOptions;
-use crate::topology::{Selection, TopologyDescription};
+use crate::topology::{Selection, Topology, TopologyDescription};
 use std::sync::Arc;
 
 /// A handle to a cairn deployment.
@@ -96,14 +96,19 @@ impl Client {
             .map(|_| ())
     }
 
+    /// The live topology: its description and server selection.
+    pub fn topology(&self) -> &Topology {
+        &self.core.topology
+    }
+
     /// The current description of the deployment (as of the last checks).
     pub fn topology_description(&self) -> TopologyDescription {
-        self.core.topology_description()
+        self.core.topology.description()
     }
 
     /// Selects a server as an operation would (waits up to `serverSelectionTimeoutMS`).
     pub async fn select_server(&self, selection: &Selection) -> Result<ServerAddress> {
-        self.core.select_server(selection).await
+        self.core.topology.select_server(selection).await
     }
 
     /// The newest `$clusterTime` this client has seen.

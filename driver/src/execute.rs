@@ -1,9 +1,8 @@
 //! Running one command: server selection, the topology monitor, and the RPC.
 //!
-//! [`Core`] is what every [`Client`](crate::Client) clone shares: the options, the topology
-//! description (behind a `watch` channel, so operations waiting in server selection wake when it
-//! changes), the channel pool, and the newest `$clusterTime` seen (gossiped on every command, as
-//! MongoDB's drivers do). A background task checks every server with `hello` each
+//! [`Core`] is what every [`Client`](crate::Client) clone shares: the options, the [`Topology`],
+//! the channel pool, and the newest `$clusterTime` seen (gossiped on every command, as MongoDB's
+//! drivers do). The monitor task here checks every server with `hello` each
 //! `heartbeatFrequencyMS`, and at once when an operation asks (no server suitable, a network
 //! error, a "not primary" error); it holds only a weak reference and ends with the last client.
 //!
@@ -12,28 +11,25 @@
 //! (`lsid` + `txnNumber`), which arrive with the replica set.
 
 use crate::concern::{Inherited, ReadPreference, ReadPreferenceMode};
-use crate::error::{Error, ErrorKind, Result, bson_as_i64};
+use crate::error::{Error, Result, bson_as_i64};
 use crate::options::{ClientOptions, ServerAddress};
 use crate::pool::Pool;
-use crate::topology::{Selection, ServerDescription, TopologyDescription};
+use crate::topology::Selection;
+use crate::topology::{ServerDescription, Topology};
 use bson::{Bson, Document, doc};
 use cairn_proto::CommandRequest;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
 /// State shared by every clone of a client.
 pub(crate) struct Core {
     pub(crate) options: ClientOptions,
-    description: watch::Sender<TopologyDescription>,
+    pub(crate) topology: Topology,
     pool: Pool,
-    check_requested: Arc<Notify>,
     cluster_time: Mutex<Option<Document>>,
-    next_candidate: AtomicUsize,
     /// The runtime the client was made on: cursors dropped anywhere send killCursors on it.
     pub(crate) runtime: tokio::runtime::Handle,
-    monitor: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// A reply and the server that sent it (cursors must send getMore to the same server).
@@ -51,64 +47,24 @@ impl Core {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::invalid_argument("a client must be created inside a tokio runtime")
         })?;
-        let (description, _) = watch::channel(TopologyDescription::new(&options));
         let core = Arc::new(Core {
             pool: Pool::new(&options),
+            topology: Topology::new(&options),
             options,
-            description,
-            check_requested: Arc::new(Notify::new()),
             cluster_time: Mutex::new(None),
-            next_candidate: AtomicUsize::new(0),
             runtime: runtime.clone(),
-            monitor: Mutex::new(None),
         });
-        let monitor = runtime.spawn(monitor(Arc::downgrade(&core), core.check_requested.clone()));
-        *core.monitor.lock().expect("monitor lock") = Some(monitor);
+        let monitor = runtime.spawn(monitor(
+            Arc::downgrade(&core),
+            core.topology.check_requested(),
+        ));
+        core.topology.set_monitor(monitor);
         Ok(core)
-    }
-
-    pub(crate) fn topology_description(&self) -> TopologyDescription {
-        self.description.borrow().clone()
     }
 
     /// The newest `$clusterTime` seen in a reply.
     pub(crate) fn cluster_time(&self) -> Option<Document> {
         self.cluster_time.lock().expect("cluster time lock").clone()
-    }
-
-    /// Waits until a server suits `selection` (or `serverSelectionTimeoutMS` passes) and picks
-    /// one of the suitable servers, round-robin.
-    pub(crate) async fn select_server(&self, selection: &Selection) -> Result<ServerAddress> {
-        let started = Instant::now();
-        let deadline = started + self.options.server_selection_timeout;
-        let mut receiver = self.description.subscribe();
-        loop {
-            let candidates: Vec<ServerAddress> = {
-                let description = receiver.borrow_and_update();
-                description
-                    .select(selection, Instant::now())?
-                    .into_iter()
-                    .map(|s| s.address.clone())
-                    .collect()
-            };
-            if !candidates.is_empty() {
-                let index = self.next_candidate.fetch_add(1, Ordering::Relaxed) % candidates.len();
-                return Ok(candidates[index].clone());
-            }
-            self.check_requested.notify_one();
-            match tokio::time::timeout_at(deadline.into(), receiver.changed()).await {
-                Ok(Ok(())) => continue,
-                Ok(Err(_)) | Err(_) => {
-                    return Err(Error::new(ErrorKind::ServerSelection {
-                        message: format!(
-                            "no server available for {selection} after {} ms; topology: {}",
-                            started.elapsed().as_millis(),
-                            *self.description.borrow()
-                        ),
-                    }));
-                }
-            }
-        }
     }
 
     /// A read: selects by `read_preference` (primary when unset) and retries once after a
@@ -120,14 +76,14 @@ impl Core {
         read_preference: Option<&ReadPreference>,
     ) -> Result<Reply> {
         let selection = Selection::Read(read_preference.cloned().unwrap_or_default());
-        let address = self.select_server(&selection).await?;
+        let address = self.topology.select_server(&selection).await?;
         match self
             .run_on(&address, db, command.clone(), read_preference)
             .await
         {
             Err(error) if error.is_network_error() || error.is_state_change_error() => {
                 tracing::debug!(%address, %error, "retrying a read once");
-                let address = self.select_server(&selection).await?;
+                let address = self.topology.select_server(&selection).await?;
                 let document = self.run_on(&address, db, command, read_preference).await?;
                 Ok(Reply { document, address })
             }
@@ -140,7 +96,7 @@ impl Core {
 
     /// A write (or any command that must go to the primary).
     pub(crate) async fn write(&self, db: &str, command: Document) -> Result<Reply> {
-        let address = self.select_server(&Selection::Write).await?;
+        let address = self.topology.select_server(&Selection::Write).await?;
         let document = self.run_on(&address, db, command, None).await?;
         Ok(Reply { document, address })
     }
@@ -156,9 +112,8 @@ impl Core {
         read_preference: Option<&ReadPreference>,
     ) -> Result<Document> {
         let direct_to_member = self
-            .description
-            .borrow()
-            .is_direct_to_replica_set_member(address);
+            .topology
+            .with_description(|d| d.is_direct_to_replica_set_member(address));
         match read_preference {
             Some(preference) if preference.mode != ReadPreferenceMode::Primary => {
                 command.insert("$readPreference", preference.to_document());
@@ -230,9 +185,8 @@ impl Core {
 
     fn mark_failed(&self, address: &ServerAddress, error: &Error) {
         let failed = ServerDescription::failed(address.clone(), error.to_string(), Instant::now());
-        self.description
-            .send_modify(|description| description.update(failed));
-        self.check_requested.notify_one();
+        self.topology.update(vec![failed]);
+        self.topology.request_check();
     }
 
     fn advance_cluster_time(&self, candidate: &Document) {
@@ -270,14 +224,6 @@ impl Core {
     }
 }
 
-impl Drop for Core {
-    fn drop(&mut self) {
-        if let Some(monitor) = self.monitor.lock().expect("monitor lock").take() {
-            monitor.abort();
-        }
-    }
-}
-
 /// Whether a reply says `ok: 1`.
 pub(crate) fn reply_ok(reply: &Document) -> bool {
     match reply.get("ok") {
@@ -294,18 +240,16 @@ async fn monitor(core: Weak<Core>, check_requested: Arc<Notify>) {
         let started = Instant::now();
         let heartbeat_frequency = {
             let Some(core) = core.upgrade() else { return };
-            let addresses: Vec<ServerAddress> =
-                core.description.borrow().servers.keys().cloned().collect();
+            let addresses: Vec<ServerAddress> = core
+                .topology
+                .with_description(|d| d.servers.keys().cloned().collect());
             let checks = addresses.into_iter().map(|address| core.check(address));
             let descriptions = futures::future::join_all(checks).await;
-            core.description.send_modify(|description| {
-                for server in descriptions {
-                    description.update(server);
-                }
-            });
-            let description = core.description.borrow();
-            core.pool
-                .retain(|address| description.servers.contains_key(address));
+            core.topology.update(descriptions);
+            let known: Vec<ServerAddress> = core
+                .topology
+                .with_description(|d| d.servers.keys().cloned().collect());
+            core.pool.retain(|address| known.contains(address));
             core.options.heartbeat_frequency
         };
         let earliest = started + crate::options::HEARTBEAT_FREQUENCY_MIN;

@@ -53,3 +53,4 @@ pub use cursor::Cursor;
 pub use database::Database;
 pub use error::{Error, ErrorKind, Result};
 pub use options::{ClientOptions, ServerAddress};
+pub use topology::{Selection, Topology, TopologyDescription};

@@ -6,8 +6,11 @@
 //! primary's host list and dropping servers that do not belong. [`TopologyDescription::select`] is
 //! server selection as a pure function: given the description, an operation kind (a write, or a
 //! read with a read preference) and the current time, it returns the suitable servers inside the
-//! latency window. The client's background monitor (in `execute`) is the only place with I/O: it
-//! sends `hello`, calls `update`, and wakes operations waiting in selection.
+//! latency window. [`Topology`] holds the live description (seeded from the connection string's
+//! host list), lets operations wait in server selection until a suitable server appears or
+//! `serverSelectionTimeoutMS` passes, and owns the background monitor task; the monitor itself (in
+//! `execute`) is the only place with I/O: it sends `hello` and feeds the replies to
+//! [`Topology::update`].
 //!
 //! Invariants: a description has at most one `RsPrimary`; in a replica-set topology every server
 //! is either a member named by the last primary or a seed not yet disproved.
@@ -19,7 +22,10 @@ use bson::oid::ObjectId;
 use bson::{Bson, DateTime, Document};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::{Notify, watch};
 
 /// What a server is, from its `hello` reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -586,6 +592,113 @@ impl fmt::Display for TopologyDescription {
             }
         }
         write!(f, "]")
+    }
+}
+
+/// The live topology: the description, waiters in server selection, and the monitor task.
+pub struct Topology {
+    description: watch::Sender<TopologyDescription>,
+    check_requested: Arc<Notify>,
+    next_candidate: AtomicUsize,
+    server_selection_timeout: Duration,
+    monitor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Topology {
+    /// The topology of the seed list in `options`, every server unknown.
+    pub(crate) fn new(options: &ClientOptions) -> Topology {
+        let (description, _) = watch::channel(TopologyDescription::new(options));
+        Topology {
+            description,
+            check_requested: Arc::new(Notify::new()),
+            next_candidate: AtomicUsize::new(0),
+            server_selection_timeout: options.server_selection_timeout,
+            monitor: Mutex::new(None),
+        }
+    }
+
+    /// The monitor task; it is aborted when the topology is dropped.
+    pub(crate) fn set_monitor(&self, monitor: tokio::task::JoinHandle<()>) {
+        let previous = self.monitor.lock().expect("monitor lock").replace(monitor);
+        assert!(previous.is_none(), "a topology has one monitor");
+    }
+
+    /// Notified when an operation wants the servers checked now.
+    pub(crate) fn check_requested(&self) -> Arc<Notify> {
+        self.check_requested.clone()
+    }
+
+    /// A copy of the current description.
+    pub fn description(&self) -> TopologyDescription {
+        self.description.borrow().clone()
+    }
+
+    pub(crate) fn with_description<R>(&self, read: impl FnOnce(&TopologyDescription) -> R) -> R {
+        read(&self.description.borrow())
+    }
+
+    /// Applies new server descriptions (from the monitor, or a failure seen by an operation)
+    /// and wakes the operations waiting in server selection.
+    pub(crate) fn update(&self, servers: Vec<ServerDescription>) {
+        self.description.send_modify(|description| {
+            for server in servers {
+                description.update(server);
+            }
+        });
+    }
+
+    /// Asks the monitor to check every server now (at most every 500 ms).
+    pub(crate) fn request_check(&self) {
+        self.check_requested.notify_one();
+    }
+
+    /// Waits until a server suits `selection` (or `serverSelectionTimeoutMS` passes) and picks
+    /// one of the suitable servers, round-robin.
+    pub async fn select_server(&self, selection: &Selection) -> Result<ServerAddress> {
+        let started = Instant::now();
+        let deadline = started + self.server_selection_timeout;
+        let mut receiver = self.description.subscribe();
+        loop {
+            let candidates: Vec<ServerAddress> = {
+                let description = receiver.borrow_and_update();
+                description
+                    .select(selection, Instant::now())?
+                    .into_iter()
+                    .map(|s| s.address.clone())
+                    .collect()
+            };
+            if !candidates.is_empty() {
+                let index = self.next_candidate.fetch_add(1, Ordering::Relaxed) % candidates.len();
+                return Ok(candidates[index].clone());
+            }
+            self.request_check();
+            match tokio::time::timeout_at(deadline.into(), receiver.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => {
+                    return Err(Error::new(ErrorKind::ServerSelection {
+                        message: format!(
+                            "no server available for {selection} after {} ms; topology: {}",
+                            started.elapsed().as_millis(),
+                            *self.description.borrow()
+                        ),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        if let Some(monitor) = self.monitor.lock().expect("monitor lock").take() {
+            monitor.abort();
+        }
+    }
+}
+
+impl fmt::Debug for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Topology({})", *self.description.borrow())
     }
 }
 

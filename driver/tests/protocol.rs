@@ -528,3 +528,59 @@ async fn a_server_that_goes_away_fails_the_next_operation() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn the_monitor_discovers_the_replica_set_from_hello() {
+    let server = Server::start().await;
+    let me = server.address.to_string();
+    server.double.set_hello(doc! {
+        "isWritablePrimary": true, "secondary": false, "setName": "rs0", "hosts": [me.clone()],
+        "me": me.clone(), "primary": me.clone(), "setVersion": 1,
+        "electionId": bson::oid::ObjectId::from_bytes([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]), "ok": 1.0,
+    });
+    let client = Client::connect(&format!(
+        "{}&replicaSet=rs0&readPreference=secondaryPreferred",
+        server.uri()
+    ))
+    .await
+    .unwrap();
+    client.ping().await.unwrap();
+    let description = client.topology_description();
+    assert_eq!(
+        description.topology_type,
+        cairn_driver::topology::TopologyType::ReplicaSetWithPrimary
+    );
+    assert_eq!(description.set_name.as_deref(), Some("rs0"));
+    assert_eq!(description.primary().unwrap().address.to_string(), me);
+    // secondaryPreferred with no secondary reads from the primary, and says so.
+    let _ = client
+        .database("app")
+        .collection::<Document>("c")
+        .find(doc! {})
+        .await
+        .unwrap();
+    let find = server.double.commands_named("find").pop().unwrap();
+    assert_eq!(
+        find.get_document("$readPreference").unwrap(),
+        &doc! {"mode": "secondaryPreferred"}
+    );
+}
+
+#[tokio::test]
+async fn a_member_of_another_set_is_never_selected() {
+    let server = Server::start().await;
+    // The double answers hello as a standalone: not a member of rs0.
+    let client = Client::connect(&format!(
+        "cairn://{}/?replicaSet=rs0&serverSelectionTimeoutMS=300",
+        server.address
+    ))
+    .await
+    .unwrap();
+    let error = client.ping().await.unwrap_err();
+    assert!(error.is_server_selection_error(), "{error}");
+    assert!(
+        client.topology_description().servers.is_empty(),
+        "the standalone was removed"
+    );
+    assert!(server.double.commands_named("ping").is_empty());
+}

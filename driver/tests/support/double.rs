@@ -32,6 +32,8 @@ struct State {
     next_cursor_id: i64,
     scripted: HashMap<String, VecDeque<Document>>,
     killed_cursors: Vec<i64>,
+    /// The `hello` reply, when a test sets one (a replica set member, say).
+    hello: Option<Document>,
 }
 
 /// The double; clones share one state.
@@ -127,6 +129,11 @@ impl Double {
             .push_back(reply);
     }
 
+    /// Every `hello` gets `reply` from now on.
+    pub fn set_hello(&self, reply: Document) {
+        self.state.lock().unwrap().hello = Some(reply);
+    }
+
     /// Cursor ids that killCursors removed.
     pub fn killed_cursors(&self) -> Vec<i64> {
         self.state.lock().unwrap().killed_cursors.clone()
@@ -177,6 +184,7 @@ impl Double {
         let collection = command.get_str(&name).unwrap_or_default().to_string();
         let ns = format!("{db}.{collection}");
         match name.as_str() {
+            "hello" | "isMaster" if state.hello.is_some() => state.hello.clone().unwrap(),
             "hello" | "isMaster" => doc! {
                 "isWritablePrimary": true, "maxBsonObjectSize": 16 * 1024 * 1024,
                 "maxMessageSizeBytes": 48_000_000, "maxWriteBatchSize": 100_000, "ok": 1.0,
