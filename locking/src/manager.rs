@@ -8,9 +8,11 @@
 //! Invariants:
 //! - One lock head per resource: a head is created under its shard's mutex and removed only when
 //!   the table holds its last reference (no operation holds, waits for or is about to use it).
-//! - Lock order: detector mutex, then registry mutex (released before any head is locked); a
-//!   head's mutex, then an operation's wake-up cell. Nothing takes a head while holding a cell or
-//!   another head.
+//! - Lock order: detector mutex, then the registry (released again), then heads one at a time;
+//!   a head's mutex, then the registry (a state transition collecting its victims), a wake-up
+//!   cell or a `waiting_on`; the registry or a ticket pool's mutex, then a wake-up cell. Nobody
+//!   takes a head or the detector while holding the registry, a cell, a `waiting_on` or another
+//!   head, so these never form a cycle.
 //! - Deadlocks are detected, not prevented (see docs/locking.md): an operation that is about to
 //!   wait looks for a cycle through itself in the wait-for graph, and a cycle is reported only
 //!   when every member's wait epoch was the same before and after the search, i.e. every member
