@@ -269,45 +269,45 @@ impl IndexKeys {
 /// Indices of the components of `path` at which the document holds an array.
 pub fn array_components(document: &Document, path: &[String]) -> BTreeSet<usize> {
     let mut found = BTreeSet::new();
-    walk_arrays(&Bson::Document(document.clone()), path, 0, &mut found);
+    walk_document(document, path, 0, &mut found);
     found
 }
 
-fn walk_arrays(value: &Bson, path: &[String], index: usize, found: &mut BTreeSet<usize>) {
+fn walk_document(document: &Document, path: &[String], index: usize, found: &mut BTreeSet<usize>) {
+    if index >= path.len() {
+        return;
+    }
+    if let Some(child) = document.get(&path[index]) {
+        if matches!(child, Bson::Array(_)) {
+            found.insert(index);
+        }
+        walk_value(child, path, index + 1, found);
+    }
+}
+
+/// `value` was reached by `path[..index]`; continue with `path[index..]`.
+fn walk_value(value: &Bson, path: &[String], index: usize, found: &mut BTreeSet<usize>) {
     if index >= path.len() {
         return;
     }
     match value {
-        Bson::Document(document) => {
-            if let Some(child) = document.get(&path[index]) {
-                if matches!(child, Bson::Array(_)) {
-                    found.insert(index);
-                }
-                walk_into(child, path, index + 1, found);
-            }
-        }
+        Bson::Document(document) => walk_document(document, path, index, found),
         Bson::Array(items) => {
-            // An array reached at a component: elements are documents to search or, for a
-            // numeric component, indexed directly.
+            // Elements that are documents are searched for the next component; a numeric
+            // component also indexes the array.
             for (position, item) in items.iter().enumerate() {
-                if let Bson::Document(_) = item {
-                    walk_arrays(item, path, index, found);
+                if let Bson::Document(document) = item {
+                    walk_document(document, path, index, found);
                 }
                 if is_array_index(&path[index]) && path[index] == position.to_string() {
                     if matches!(item, Bson::Array(_)) {
                         found.insert(index);
                     }
-                    walk_into(item, path, index + 1, found);
+                    walk_value(item, path, index + 1, found);
                 }
             }
         }
         _ => {}
-    }
-}
-
-fn walk_into(value: &Bson, path: &[String], index: usize, found: &mut BTreeSet<usize>) {
-    if index < path.len() {
-        walk_arrays(value, path, index, found);
     }
 }
 

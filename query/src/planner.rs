@@ -665,9 +665,12 @@ fn sort_provided(
     let mut direction: Option<bool> = None;
     let mut position = 0;
     while let Some(key) = keys.peek() {
+        // A sort key fixed by a single-point bound is constant, unless the field is multikey
+        // (then the sort key is the smallest or largest element, not the one that matched).
         if pattern.fields[..equality_prefix.min(pattern.fields.len())]
             .iter()
-            .any(|f| f.path == key.path)
+            .enumerate()
+            .any(|(p, f)| f.path == key.path && !field_is_multikey(index, p))
         {
             keys.next();
             continue;

@@ -640,16 +640,16 @@ fn parse_operation(
                         Some("$and" | "$or" | "$nor")
                     );
                 if is_operators {
-                    // Operators on the elements themselves: wrap as {"": ops} and match the
-                    // element under that name.
-                    let wrapped = bson::doc! {"": Bson::Document(query.clone())};
+                    // Operators on each element itself, without expanding nested arrays: a
+                    // value $elemMatch over a one-element array holding the element.
+                    let wrapped = bson::doc! {"e": {"$elemMatch": Bson::Document(query.clone())}};
                     PullCondition::Matches(Box::new(Matcher::parse(&wrapped)?), true)
                 } else {
                     PullCondition::Matches(Box::new(Matcher::parse(query)?), false)
                 }
             }
             Bson::RegularExpression(_) => {
-                let wrapped = bson::doc! {"": value.clone()};
+                let wrapped = bson::doc! {"e": {"$elemMatch": {"$regex": value.clone()}}};
                 PullCondition::Matches(Box::new(Matcher::parse(&wrapped)?), true)
             }
             other => PullCondition::Equals(other.clone()),
@@ -1303,7 +1303,7 @@ fn pull_matches(condition: &PullCondition, item: &Bson) -> Result<bool> {
     match condition {
         PullCondition::Equals(value) => Ok(compare_values(value, item) == Ordering::Equal),
         PullCondition::Matches(matcher, true) => {
-            matcher.matches_checked(&bson::doc! {"": item.clone()})
+            matcher.matches_checked(&bson::doc! {"e": [item.clone()]})
         }
         PullCondition::Matches(matcher, false) => match item {
             Bson::Document(document) => matcher.matches_checked(document),

@@ -374,6 +374,22 @@ proptest! {
 }
 
 #[test]
+fn equality_on_a_multikey_field_does_not_fix_its_sort_key() {
+    let documents = vec![
+        doc! {"_id": 0},
+        doc! {"_id": 1, "b": [null, Bson::Undefined]},
+    ];
+    check(
+        documents,
+        vec![doc! {"b": 1}],
+        doc! {"b": null},
+        doc! {"b": 1},
+        None,
+    )
+    .unwrap();
+}
+
+#[test]
 fn regression_examples() {
     let documents = vec![
         doc! {"_id": 0, "a": [1, 5]},
