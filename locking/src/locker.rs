@@ -1,6 +1,7 @@
 //! The per-operation lock state: [`Locker`], its guards, and the kill handle.
 //!
-//! Owns: what one operation holds (resource, mode, recursion count, granted slot), its admission
+//! Owns: what one operation holds (resource, mode, recursion count, and either its request's
+//! slot in the head or its fast-path grant, which it publishes for lockInfo), its admission
 //! ticket, its deadline (maxTimeMS) and lock timeout, waiting (bounded, interruptible), saving and
 //! restoring its locks around a yield, and [`OpShared`], the part other threads see (kill state,
 //! the wake-up cell, what it waits for, statistics, numYields).

@@ -19,14 +19,14 @@
 //!   waited throughout and the cycle was real at the end.
 
 use crate::head::HeadState;
-use crate::locker::{Locker, LockerOptions, OpShared, Target, kill_error};
+use crate::locker::{Locker, LockerOptions, OpShared, Target};
 use crate::mode::LockMode;
 use crate::resource::{ResourceId, ResourceType, name_hash};
 use crate::stats::{LockStatsSnapshot, readers_writers};
 use crate::sync::{AtomicBool as ProtocolBool, AtomicU32, Mutex, store_load_fence};
 use crate::tickets::{TicketKind, TicketPool, active_clients};
 use bson::{Bson, Document, doc};
-use cairn_types::{Clock, Error, ErrorCode, Namespace, Result, SystemClock};
+use cairn_types::{Clock, Error, ErrorCode, Result, SystemClock};
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
@@ -681,16 +681,6 @@ impl LockManager {
         granted.extend(std::iter::repeat_n(LockMode::IX, ix as usize));
         granted.sort();
         (granted, state.pending().map(|p| p.mode).collect())
-    }
-
-    /// The error a killed operation reports, for callers that kill by other means.
-    pub fn kill_error(code: ErrorCode) -> Error {
-        kill_error(code)
-    }
-
-    /// A collection's resource, as lockInfo names it.
-    pub fn collection_resource(ns: &Namespace) -> ResourceId {
-        ResourceId::collection(ns)
     }
 }
 

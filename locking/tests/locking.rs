@@ -762,12 +762,62 @@ fn a_yield_reports_kills_and_dropped_collections() {
 }
 
 #[test]
+fn run_time_settings_take_effect() {
+    let clock = Arc::new(ManualClock::new(0));
+    let manager = LockManager::new(LockManagerConfig {
+        clock: clock.clone(),
+        wait_recheck_ms: 2,
+        ..LockManagerConfig::default()
+    });
+    let holder = manager.new_locker(LockerOptions::new("holder"));
+    let _held = holder.lock_global(X).unwrap();
+    // The manager's lock timeout applies to operations without their own.
+    manager.set_lock_timeout_ms(30);
+    assert_eq!(manager.lock_timeout_ms(), 30);
+    thread::scope(|scope| {
+        let waiter = scope.spawn(|| {
+            let op = manager.new_locker(LockerOptions::new("waiter"));
+            op.lock_global(IS).map(|_| ()).unwrap_err().code
+        });
+        eventually("waiting", || pending_on(&manager, &ResourceId::Global) == 1);
+        clock.advance(Duration::from_millis(31));
+        assert_eq!(waiter.join().unwrap(), ErrorCode::LockTimeout);
+    });
+    // Yield settings reach policies made afterwards.
+    manager.set_yield_period_ms(50);
+    manager.set_yield_iterations_max(None);
+    assert_eq!(
+        (manager.yield_period_ms(), manager.yield_iterations_max()),
+        (50, None)
+    );
+    let mut policy = YieldPolicy::for_locker(&holder);
+    for _ in 0..5_000 {
+        assert!(
+            !policy.should_yield(),
+            "no iteration limit, and the clock has not moved"
+        );
+    }
+    clock.advance(Duration::from_millis(50));
+    assert!(policy.should_yield());
+    manager.set_read_tickets_max(7);
+    assert_eq!(manager.read_tickets_max(), 7);
+}
+
+#[test]
 fn oplog_is_its_own_resource() {
     let manager = manager();
     let op = locker(&manager, "op", 100);
-    let _guard = op
+    let guard = op
         .lock_collection(&Namespace::new("local", "oplog.rs"), IX)
         .unwrap();
+    assert_eq!(
+        guard.resources(),
+        [
+            (ResourceId::ReplicationStateTransition, IX),
+            (ResourceId::Global, IX),
+            (ResourceId::Oplog, IX)
+        ]
+    );
     let held: Vec<ResourceId> = op.held_locks().into_iter().map(|(r, _, _)| r).collect();
     assert_eq!(
         held,
