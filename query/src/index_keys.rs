@@ -201,6 +201,37 @@ impl KeyPattern {
         }
     }
 
+    /// The keys of a document for a sparse and/or partial index: none when the document is
+    /// left out (sparse: every key field missing; partial: the filter does not match).
+    pub fn keys_for_index(
+        &self,
+        document: &Document,
+        sparse: bool,
+        partial_filter: Option<&crate::Matcher>,
+    ) -> Result<IndexKeys> {
+        let excluded_by_sparse = sparse
+            && self.fields.iter().all(|field| {
+                crate::path::collect(
+                    document,
+                    field.path.parts(),
+                    crate::path::LeafArrays::Traverse,
+                )
+                .iter()
+                .all(Option::is_none)
+            });
+        let excluded_by_filter = match partial_filter {
+            Some(filter) => !filter.matches_checked(document)?,
+            None => false,
+        };
+        if excluded_by_sparse || excluded_by_filter {
+            return Ok(IndexKeys {
+                keys: Vec::new(),
+                multikey_paths: vec![BTreeSet::new(); self.fields.len()],
+            });
+        }
+        self.keys(document)
+    }
+
     /// Encodes a tuple of values as a key of this pattern (one value per field).
     pub fn encode(&self, values: &[Bson]) -> Vec<u8> {
         assert_eq!(values.len(), self.fields.len(), "one value per key field");
@@ -409,6 +440,45 @@ mod tests {
         assert_eq!(
             pattern(doc! {"a": 1, "b.c": -1}).default_name(),
             "a_1_b.c_-1"
+        );
+    }
+
+    #[test]
+    fn sparse_and_partial_indexes_leave_documents_out() {
+        let p = pattern(doc! {"a": 1, "b": 1});
+        assert!(
+            p.keys_for_index(&doc! {"c": 1}, true, None)
+                .unwrap()
+                .keys
+                .is_empty()
+        );
+        assert_eq!(
+            p.keys_for_index(&doc! {"b": null}, true, None)
+                .unwrap()
+                .keys
+                .len(),
+            1
+        );
+        assert_eq!(
+            p.keys_for_index(&doc! {"c": 1}, false, None)
+                .unwrap()
+                .keys
+                .len(),
+            1
+        );
+        let filter = crate::Matcher::parse(&doc! {"a": {"$gt": 5}}).unwrap();
+        assert!(
+            p.keys_for_index(&doc! {"a": 1}, false, Some(&filter))
+                .unwrap()
+                .keys
+                .is_empty()
+        );
+        assert_eq!(
+            p.keys_for_index(&doc! {"a": 6}, false, Some(&filter))
+                .unwrap()
+                .keys
+                .len(),
+            1
         );
     }
 
