@@ -240,10 +240,42 @@ type Bucket = HashMap<u64, Vec<Arc<LockHead>>, BuildHasherDefault<IdentityHasher
 
 /// A shard of the lock table on its own cache lines.
 #[repr(align(128))]
-struct Shard(Mutex<Bucket>);
+struct Shard(Mutex<ShardState>);
+
+struct ShardState {
+    bucket: Bucket,
+    heads: usize,
+    /// The shard is swept of idle heads when it grows to this many: at least
+    /// `SHARD_HEADS_SWEEP_MIN`, and twice what the last sweep left, so that a shard full of
+    /// heads in use is not rescanned on every insert.
+    sweep_at_heads: usize,
+}
+
+impl ShardState {
+    /// Removes heads only the table refers to (nobody holds, waits for or is about to use
+    /// them).
+    fn sweep(&mut self) -> usize {
+        let mut removed = 0;
+        self.bucket.retain(|_, chain| {
+            chain.retain(|head| {
+                let idle = Arc::strong_count(head) == 1;
+                if idle {
+                    assert!(head.is_unused(), "an unreferenced lock head has requests");
+                    removed += 1;
+                }
+                !idle
+            });
+            !chain.is_empty()
+        });
+        self.heads -= removed;
+        self.sweep_at_heads = SHARD_HEADS_SWEEP_MIN.max(2 * self.heads);
+        removed
+    }
+}
 
 const SHARDS: usize = 16;
-/// A shard with more heads than this is swept of idle heads when a new head is added.
+/// A shard is swept of idle heads when a new head would make it larger than this (or than twice
+/// what its last sweep left).
 const SHARD_HEADS_SWEEP_MIN: usize = 1024;
 
 /// Database and collection heads.
@@ -253,11 +285,20 @@ struct LockTable {
 
 impl LockTable {
     fn new() -> LockTable {
+        let shard = || {
+            Shard(Mutex::new(ShardState {
+                bucket: Bucket::default(),
+                heads: 0,
+                sweep_at_heads: SHARD_HEADS_SWEEP_MIN,
+            }))
+        };
         LockTable {
-            shards: (0..SHARDS)
-                .map(|_| Shard(Mutex::new(Bucket::default())))
-                .collect(),
+            shards: (0..SHARDS).map(|_| shard()).collect(),
         }
+    }
+
+    fn shard(&self, hash: u64) -> &Shard {
+        &self.shards[(hash as usize) % SHARDS]
     }
 
     fn head(
@@ -266,24 +307,26 @@ impl LockTable {
         matches: impl Fn(&ResourceId) -> bool,
         make: impl FnOnce() -> (ResourceId, Option<Arc<LockHead>>),
     ) -> Arc<LockHead> {
-        let mut bucket = self.shards[(hash as usize) % SHARDS].0.lock();
-        if let Some(chain) = bucket.get(&hash)
+        let mut shard = self.shard(hash).0.lock();
+        if let Some(chain) = shard.bucket.get(&hash)
             && let Some(head) = chain.iter().find(|head| matches(&head.resource))
         {
             return head.clone();
         }
-        if bucket.len() >= SHARD_HEADS_SWEEP_MIN {
-            sweep(&mut bucket);
+        if shard.heads >= shard.sweep_at_heads {
+            shard.sweep();
         }
         let (resource, parent) = make();
         let head = LockHead::new(resource, parent);
-        bucket.entry(hash).or_default().push(head.clone());
+        shard.bucket.entry(hash).or_default().push(head.clone());
+        shard.heads += 1;
         head
     }
 
     fn get(&self, hash: u64, matches: impl Fn(&ResourceId) -> bool) -> Option<Arc<LockHead>> {
-        let bucket = self.shards[(hash as usize) % SHARDS].0.lock();
-        bucket
+        let shard = self.shard(hash).0.lock();
+        shard
+            .bucket
             .get(&hash)?
             .iter()
             .find(|head| matches(&head.resource))
@@ -293,7 +336,7 @@ impl LockTable {
     fn heads(&self) -> Vec<Arc<LockHead>> {
         let mut heads = Vec::new();
         for shard in &self.shards {
-            for chain in shard.0.lock().values() {
+            for chain in shard.0.lock().bucket.values() {
                 heads.extend(chain.iter().cloned());
             }
         }
@@ -304,34 +347,13 @@ impl LockTable {
     fn sweep(&self) -> usize {
         let mut removed = 0;
         loop {
-            let round: usize = self
-                .shards
-                .iter()
-                .map(|shard| sweep(&mut shard.0.lock()))
-                .sum();
+            let round: usize = self.shards.iter().map(|shard| shard.0.lock().sweep()).sum();
             if round == 0 {
                 return removed;
             }
             removed += round;
         }
     }
-}
-
-/// Removes heads only the table refers to (nobody holds, waits for or is about to use them).
-fn sweep(bucket: &mut Bucket) -> usize {
-    let mut removed = 0;
-    bucket.retain(|_, chain| {
-        chain.retain(|head| {
-            let idle = Arc::strong_count(head) == 1;
-            if idle {
-                assert!(head.is_unused(), "an unreferenced lock head has requests");
-                removed += 1;
-            }
-            !idle
-        });
-        !chain.is_empty()
-    });
-    removed
 }
 
 struct FsyncState {
