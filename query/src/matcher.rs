@@ -990,10 +990,47 @@ fn predicate_to_bson(predicate: &Predicate) -> Bson {
             Bson::Array(vec![Bson::Int64(*divisor), Bson::Int64(*remainder)]),
         ),
         Predicate::Size(n) => single("$size", Bson::Int64(*n)),
-        Predicate::ElemMatchObject(node) | Predicate::ElemMatchValue(node) => {
+        Predicate::ElemMatchObject(node) => {
             single("$elemMatch", Bson::Document(node_to_document(node)))
         }
+        Predicate::ElemMatchValue(node) => {
+            single("$elemMatch", Bson::Document(value_node_to_document(node)))
+        }
     }
+}
+
+/// Renders the operators of a value `$elemMatch` (leaves with an empty path).
+fn value_node_to_document(node: &Node) -> Document {
+    let mut document = Document::new();
+    let mut add = |rendered: Document| {
+        for (key, value) in rendered {
+            if document.contains_key(&key) {
+                let existing = document.remove(&key).expect("present");
+                let and = document
+                    .entry("$and".to_owned())
+                    .or_insert_with(|| Bson::Array(Vec::new()));
+                if let Bson::Array(items) = and {
+                    items.push(Bson::Document(bson::doc! {key.clone(): existing}));
+                }
+            }
+            document.insert(key, value);
+        }
+    };
+    match node {
+        Node::And(children) => {
+            for child in children {
+                add(value_node_to_document(child));
+            }
+        }
+        Node::Leaf { predicate, .. } => {
+            if let Bson::Document(rendered) = predicate_to_bson(predicate) {
+                add(rendered);
+            }
+        }
+        Node::Not(inner) => add(bson::doc! {"$not": value_node_to_document(inner)}),
+        other => add(node_to_document(other)),
+    }
+    document
 }
 
 /// Renders a node as a filter document (explain's `parsedQuery`, `filter`).
