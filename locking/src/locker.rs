@@ -183,11 +183,6 @@ impl OpShared {
             .map(|hold| LockMode::from_index(hold.mode.load(Ordering::Relaxed) as usize))
     }
 
-    /// Whether this operation holds any mode on resources of `kind`.
-    pub fn holds_type(&self, kind: ResourceType) -> bool {
-        self.held_modes[kind.index()].load(Ordering::Relaxed) > 0
-    }
-
     /// Marks the operation killed with `code` (the first kill wins) and wakes it if it waits.
     pub fn kill(&self, code: ErrorCode) {
         let _ = self
@@ -655,7 +650,7 @@ impl Locker {
                     inner
                         .live_operations()
                         .into_iter()
-                        .filter(|op| op.holds_type(kind)),
+                        .filter(|op| op.fast_hold_on(&inner.rstl).is_some()),
                 );
                 victims
                     .retain(|op| op.opid != self.shared.opid && op.interruptible_by_state_change);
@@ -852,15 +847,17 @@ impl Locker {
     ) -> Result<HeldGrant> {
         let lock_head = head.get(self.inner());
         let used = self.publish_used.get();
-        if matches!(mode, LockMode::IS | LockMode::IX)
-            && !enqueue_at_front
-            && used != u8::MAX
-            && lock_head.try_fast_acquire(self.partition, mode)
-        {
+        if matches!(mode, LockMode::IS | LockMode::IX) && !enqueue_at_front && used != u8::MAX {
+            // Published before the attempt: whoever sees the fast-path count (the slow path
+            // reads it after an acquire load of the same counter) also sees who holds it, so
+            // a state transition cannot miss a holder it must interrupt.
             let publish = used.trailing_ones() as usize;
-            self.publish_used.set(used | (1 << publish));
             self.shared.publish_fast(publish, lock_head, mode);
-            return Ok(HeldGrant::Fast { publish });
+            if lock_head.try_fast_acquire(self.partition, mode) {
+                self.publish_used.set(used | (1 << publish));
+                return Ok(HeldGrant::Fast { publish });
+            }
+            self.shared.unpublish_fast(publish);
         }
         let mut state = lock_head.state.lock();
         let external = lock_head.enter_slow();
