@@ -248,9 +248,7 @@ impl Matcher {
     /// Parses a filter whose `$expr` may use the `let` variables of the command.
     pub fn parse_with_let(filter: &Document, variables: Option<&Document>) -> Result<Matcher> {
         let variables = variables.cloned().unwrap_or_default();
-        let context = ParseContext {
-            variable_names: variables.keys().cloned().collect(),
-        };
+        let context = ParseContext::with_variables(variables.keys().cloned().collect());
         let root = parse_top(filter, &context, 0)?;
         Ok(Matcher { root, variables })
     }

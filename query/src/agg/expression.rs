@@ -204,7 +204,21 @@ impl<'a> Variables<'a> {
 #[derive(Clone, Debug, Default)]
 pub struct ParseContext {
     pub variable_names: Vec<String>,
+    /// Nesting depth of the expression being parsed (bounded by `EXPRESSION_DEPTH_MAX`).
+    depth: std::cell::Cell<usize>,
 }
+
+impl ParseContext {
+    pub fn with_variables(variable_names: Vec<String>) -> ParseContext {
+        ParseContext {
+            variable_names,
+            depth: std::cell::Cell::new(0),
+        }
+    }
+}
+
+/// Deepest expression nesting accepted (documents are at most 100 deep anyway).
+pub const EXPRESSION_DEPTH_MAX: usize = 150;
 
 fn location(code: i32, message: impl Into<String>) -> Error {
     Error::new(ErrorCode::Location(code), message)
@@ -218,6 +232,20 @@ impl Expression {
 
     /// Parses an expression that may use the variables in `context`.
     pub fn parse_with(value: &Bson, context: &ParseContext) -> Result<Expression> {
+        let depth = context.depth.get() + 1;
+        if depth > EXPRESSION_DEPTH_MAX {
+            return Err(Error::new(
+                ErrorCode::Overflow,
+                format!("expression nesting exceeds the limit of {EXPRESSION_DEPTH_MAX}"),
+            ));
+        }
+        context.depth.set(depth);
+        let parsed = Expression::parse_at_depth(value, context);
+        context.depth.set(depth - 1);
+        parsed
+    }
+
+    fn parse_at_depth(value: &Bson, context: &ParseContext) -> Result<Expression> {
         match value {
             Bson::String(text) if text.starts_with("$$") => parse_variable(&text[2..], context),
             Bson::String(text) if text.starts_with('$') => {
@@ -251,6 +279,17 @@ impl Expression {
                 let base = match name.as_str() {
                     "ROOT" | "CURRENT" => Some(Bson::Document(variables.root.clone())),
                     "REMOVE" => None,
+                    "NOW" | "CLUSTER_TIME" => {
+                        match variables.bound.and_then(|b| b.get(name.as_str())) {
+                            Some(value) => Some(value.clone()),
+                            None => {
+                                return Err(location(
+                                    51144,
+                                    format!("Builtin variable '$${name}' is not available"),
+                                ));
+                            }
+                        }
+                    }
                     other => variables.bound.and_then(|bound| bound.get(other)).cloned(),
                 };
                 Ok(match base {
@@ -356,7 +395,10 @@ fn parse_variable(text: &str, context: &ParseContext) -> Result<Expression> {
             "FieldPath field names may not be empty strings.",
         ));
     }
-    let builtin = matches!(name.as_str(), "ROOT" | "CURRENT" | "REMOVE");
+    let builtin = matches!(
+        name.as_str(),
+        "ROOT" | "CURRENT" | "REMOVE" | "NOW" | "CLUSTER_TIME"
+    );
     if !builtin && !context.variable_names.contains(&name) {
         if name.is_empty() {
             return Err(location(16869, "empty variable names are not allowed"));
@@ -1313,6 +1355,19 @@ mod tests {
     }
 
     #[test]
+    fn now_comes_from_the_caller() {
+        let root = doc! {};
+        let bound = doc! {"NOW": bson::DateTime::from_millis(7)};
+        let expression = Expression::parse(&Bson::String("$$NOW".into())).unwrap();
+        assert_eq!(
+            expression
+                .evaluate(&Variables::with_bound(&root, &bound))
+                .unwrap(),
+            Some(Bson::DateTime(bson::DateTime::from_millis(7)))
+        );
+    }
+
+    #[test]
     fn missing_is_below_null_in_comparisons() {
         let document = doc! {"n": null};
         assert_eq!(
@@ -1370,5 +1425,14 @@ mod tests {
             34455
         );
         assert_eq!(code(Bson::Document(doc! {"$abs": i64::MIN})), 28680);
+        assert_eq!(code(Bson::String("$$NOW".into())), 51144);
+        let mut deep = Bson::Int32(1);
+        for _ in 0..200 {
+            deep = Bson::Document(doc! {"$abs": deep});
+        }
+        assert_eq!(
+            Expression::parse(&deep).unwrap_err().code,
+            ErrorCode::Overflow
+        );
     }
 }

@@ -189,9 +189,7 @@ pub fn document_size(document: &Document) -> usize {
 impl Pipeline {
     /// Parses a pipeline (the `pipeline` array of aggregate).
     pub fn parse(pipeline: &[Bson], options: AggregateOptions) -> Result<Pipeline> {
-        let context = ParseContext {
-            variable_names: options.variables.keys().cloned().collect(),
-        };
+        let context = ParseContext::with_variables(options.variables.keys().cloned().collect());
         let mut stages = Vec::with_capacity(pipeline.len());
         let mut sources = Vec::with_capacity(pipeline.len());
         for entry in pipeline {
