@@ -1,0 +1,165 @@
+//! The gRPC transport: `cairn.v1.Cairn/RunCommand` carrying one BSON command document each way.
+//!
+//! Commands run on blocking worker threads (they may wait for locks); the network side stays
+//! async, so a blocked operation never stalls others. Connections are counted for serverStatus,
+//! and a request whose client goes away before the reply (a cancelled RPC, Ctrl-C in the shell)
+//! kills its operation.
+
+use crate::node::{ClientInfo, ConnectionGuard, Node};
+use cairn_proto::v1::cairn_server::Cairn;
+use cairn_proto::{CommandReply, CommandRequest};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::{Request, Response, Status};
+
+/// The RunCommand service of one node.
+pub struct CairnService {
+    node: Node,
+}
+
+impl CairnService {
+    pub fn new(node: Node) -> CairnService {
+        CairnService { node }
+    }
+}
+
+/// A TCP connection counted for serverStatus.connections.
+pub struct CountedStream {
+    stream: TcpStream,
+    guard: Arc<ConnectionGuard>,
+}
+
+impl CountedStream {
+    pub fn new(stream: TcpStream, node: &Node) -> CountedStream {
+        let remote = stream
+            .peer_addr()
+            .map(|address| address.to_string())
+            .unwrap_or_default();
+        CountedStream {
+            stream,
+            guard: Arc::new(node.connection_opened(remote)),
+        }
+    }
+}
+
+/// What a request knows of its connection.
+#[derive(Clone)]
+pub struct ConnectionInfo {
+    pub guard: Arc<ConnectionGuard>,
+    pub tcp: TcpConnectInfo,
+}
+
+impl Connected for CountedStream {
+    type ConnectInfo = ConnectionInfo;
+
+    fn connect_info(&self) -> ConnectionInfo {
+        ConnectionInfo {
+            guard: self.guard.clone(),
+            tcp: self.stream.connect_info(),
+        }
+    }
+}
+
+impl AsyncRead for CountedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Kills the operation of a request whose future is dropped before it completes.
+struct CancelOnDrop {
+    slot: Arc<crate::opctx::OpSlot>,
+    node: Node,
+    done: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Some(opid) = self.slot.opid() {
+                tracing::info!(opid, "client went away: killing its operation");
+                self.node
+                    .inner()
+                    .locks
+                    .kill_op(opid, cairn_types::ErrorCode::ClientDisconnect);
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Cairn for CairnService {
+    async fn run_command(
+        &self,
+        request: Request<CommandRequest>,
+    ) -> Result<Response<CommandReply>, Status> {
+        let mut client = match request.extensions().get::<ConnectionInfo>() {
+            Some(info) => info.guard.client().clone(),
+            None => ClientInfo {
+                remote: request
+                    .remote_addr()
+                    .map(|address| address.to_string())
+                    .unwrap_or_default(),
+                ..ClientInfo::default()
+            },
+        };
+        let slot = Arc::new(crate::opctx::OpSlot::default());
+        client.op_slot = Some(slot.clone());
+        let bytes = request.into_inner().document;
+        let node = self.node.clone();
+        let mut cancel = CancelOnDrop {
+            slot,
+            node: node.clone(),
+            done: false,
+        };
+        let reply = tokio::task::spawn_blocking(move || node.run_command_bytes(&client, &bytes))
+            .await
+            .map_err(|error| Status::internal(format!("command task failed: {error}")))?;
+        cancel.done = true;
+        let mut document = Vec::new();
+        reply
+            .to_writer(&mut document)
+            .map_err(|error| Status::internal(format!("reply does not serialize: {error}")))?;
+        Ok(Response::new(CommandReply {
+            document: document.into(),
+        }))
+    }
+}

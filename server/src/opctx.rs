@@ -1,0 +1,187 @@
+//! Operation contexts: one per running command.
+//!
+//! An [`OpCtx`] owns the operation's [`Locker`] (its locks, ticket, deadline and kill state),
+//! and registers an [`OpInfo`] in the node's operation table for currentOp and killOp. The opid
+//! is the lock manager's, so killOp reaches waits inside the lock manager and checks at yields.
+
+use crate::node::{ClientInfo, NodeInner};
+use bson::{Bson, Document, doc};
+use cairn_locking::{Locker, LockerOptions};
+use cairn_types::{Error, ErrorCode, Result};
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Where a transport learns the opid of the command it is running (to kill it when its client
+/// goes away).
+#[derive(Debug, Default)]
+pub struct OpSlot {
+    opid: std::sync::atomic::AtomicU64,
+}
+
+impl OpSlot {
+    pub fn set(&self, opid: u64) {
+        self.opid.store(opid, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The opid, once the command has started.
+    pub fn opid(&self) -> Option<u64> {
+        match self.opid.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            opid => Some(opid),
+        }
+    }
+}
+
+/// What currentOp shows of an operation beyond its locks.
+#[derive(Debug)]
+pub struct OpInfo {
+    pub opid: u64,
+    pub client: ClientInfo,
+    /// MongoDB's op type: "query", "insert", "update", "remove", "getmore", "command".
+    pub op: &'static str,
+    pub ns: String,
+    /// The command document, for currentOp (large fields trimmed).
+    pub command: Document,
+    pub started: Instant,
+    pub plan_summary: Mutex<Option<String>>,
+    /// Progress of a long command (`{done, total}`), shown as currentOp.progress.
+    pub progress: Mutex<Option<(u64, u64)>>,
+}
+
+impl OpInfo {
+    /// The op-level fields of this operation's currentOp entry.
+    pub fn current_op_fields(&self) -> Document {
+        let running = self.started.elapsed();
+        let mut entry = doc! {
+            "type": "op",
+            "opid": self.opid as i64,
+            "active": true,
+            "op": self.op,
+            "ns": self.ns.clone(),
+            "command": self.command.clone(),
+            "client": self.client.remote.clone(),
+            "desc": self.client.desc(),
+            "connectionId": self.client.connection_id as i64,
+            "secs_running": running.as_secs() as i64,
+            "microsecs_running": running.as_micros() as i64,
+        };
+        if let Some(metadata) = &self.client.metadata {
+            entry.insert("clientMetadata", metadata.clone());
+        }
+        if let Some(summary) = self.plan_summary.lock().clone() {
+            entry.insert("planSummary", summary);
+        }
+        if let Some((done, total)) = *self.progress.lock() {
+            entry.insert(
+                "progress",
+                doc! {"done": done as i64, "total": total as i64},
+            );
+            entry.insert("msg", format!("{done}/{total}"));
+        }
+        entry
+    }
+}
+
+/// Trims a command for currentOp: long strings and big documents are summarised.
+fn trimmed_command(command: &Document) -> Document {
+    const FIELD_BYTES_MAX: usize = 1024;
+    let mut trimmed = Document::new();
+    for (key, value) in command {
+        let shown = match value {
+            Bson::String(text) if text.len() > FIELD_BYTES_MAX => Bson::String(format!(
+                "{}...",
+                &text[..text.floor_char_boundary(FIELD_BYTES_MAX)]
+            )),
+            Bson::Array(items) if items.len() > 16 => {
+                Bson::String(format!("[ {} elements ]", items.len()))
+            }
+            other => other.clone(),
+        };
+        trimmed.insert(key.clone(), shown);
+    }
+    trimmed
+}
+
+/// A running operation.
+pub struct OpCtx<'a> {
+    pub node: &'a NodeInner,
+    pub locker: Locker,
+    pub info: Arc<OpInfo>,
+    /// maxTimeMS as an instant, for waits outside the lock manager.
+    pub deadline: Option<Instant>,
+}
+
+impl<'a> OpCtx<'a> {
+    /// Starts an operation and registers it.
+    pub fn new(
+        node: &'a NodeInner,
+        client: &ClientInfo,
+        op: &'static str,
+        ns: String,
+        command: &Document,
+        max_time_ms: Option<u64>,
+    ) -> OpCtx<'a> {
+        let locker = node.locks.new_locker(LockerOptions {
+            max_time_ms,
+            ..LockerOptions::new(client.desc())
+        });
+        let mut client = client.clone();
+        if client.metadata.is_none() {
+            client.metadata = node
+                .client_metadata
+                .lock()
+                .get(&client.connection_id)
+                .cloned();
+        }
+        let info = Arc::new(OpInfo {
+            opid: locker.opid(),
+            client,
+            op,
+            ns,
+            command: trimmed_command(command),
+            started: Instant::now(),
+            plan_summary: Mutex::new(None),
+            progress: Mutex::new(None),
+        });
+        node.operations.lock().insert(info.opid, info.clone());
+        if let Some(slot) = &info.client.op_slot {
+            slot.set(info.opid);
+        }
+        OpCtx {
+            node,
+            locker,
+            info,
+            deadline: max_time_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
+        }
+    }
+
+    /// Stops with the operation's error if it was killed or is past maxTimeMS.
+    pub fn check_interrupt(&self) -> Result<()> {
+        self.locker.check_for_interrupt()?;
+        if self
+            .deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+        {
+            return Err(Error::new(
+                ErrorCode::MaxTimeMSExpired,
+                "operation exceeded time limit",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn set_plan_summary(&self, summary: String) {
+        *self.info.plan_summary.lock() = Some(summary);
+    }
+
+    pub fn set_progress(&self, done: u64, total: u64) {
+        *self.info.progress.lock() = Some((done, total));
+    }
+}
+
+impl Drop for OpCtx<'_> {
+    fn drop(&mut self) {
+        self.node.operations.lock().remove(&self.info.opid);
+    }
+}
