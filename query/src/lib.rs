@@ -31,3 +31,23 @@ pub mod update;
 pub mod value;
 
 pub use matcher::{MatchDetails, Matcher};
+
+#[cfg(test)]
+mod tests {
+    /// The executor keeps parsed queries across threads (cursors, yields).
+    #[test]
+    fn parsed_forms_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<crate::Matcher>();
+        check::<crate::update::Update>();
+        check::<crate::projection::Projection>();
+        check::<crate::sort::SortSpec>();
+        check::<crate::index_keys::KeyPattern>();
+        check::<crate::planner::PlannedQuery>();
+        check::<crate::agg::pipeline::Pipeline>();
+        check::<crate::commands::FindCommand>();
+        // A cursor's shaper moves between threads with its cursor.
+        fn send<T: Send>() {}
+        send::<crate::shaper::ResultShaper>();
+    }
+}
