@@ -206,3 +206,38 @@ fn a_deadlock_is_broken_by_the_detector() {
         }
     });
 }
+
+#[test]
+fn a_state_transition_interrupts_a_fast_path_rstl_holder() {
+    model(|| {
+        let manager = manager(false, 128);
+        let done = Arc::new(loom::sync::atomic::AtomicBool::new(false));
+        let writer = manager.new_locker(LockerOptions {
+            admission: Admission::Exempt,
+            ..LockerOptions::new("writer")
+        });
+        let transition = manager.new_locker(LockerOptions {
+            admission: Admission::Exempt,
+            ..LockerOptions::new("stepdown")
+        });
+        let writer_done = done.clone();
+        let one = thread::spawn(move || {
+            use std::sync::atomic::Ordering::SeqCst;
+            // Holds the RSTL in IX (fast path) until it is interrupted or the transition is
+            // over: if the transition missed it, neither would ever happen and loom reports it.
+            if let Ok(guard) = writer.lock_global(LockMode::IX) {
+                while writer.check_for_interrupt().is_ok() && !writer_done.load(SeqCst) {
+                    thread::yield_now();
+                }
+                drop(guard);
+            }
+        });
+        let two = thread::spawn(move || {
+            let guard = transition.lock_replication_state_transition().unwrap();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            drop(guard);
+        });
+        one.join().unwrap();
+        two.join().unwrap();
+    });
+}
