@@ -120,8 +120,14 @@ impl CanonicalQuery {
 /// How a plan reads the collection.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Access {
-    CollectionScan { forward: bool },
+    CollectionScan {
+        forward: bool,
+    },
     IndexScan(Box<IndexScan>),
+    /// A top-level `$or` whose every branch has an index: read every scan, fetch each record
+    /// once across all of them (a record may match several branches), then apply the residual
+    /// (the whole filter). Explain shows `FETCH <- OR <- [IXSCAN, ...]`.
+    Union(Vec<IndexScan>),
 }
 
 /// An index scan: which index, its bounds and the key ranges to read.
@@ -164,6 +170,7 @@ pub enum StageName {
     Limit,
     ProjectionSimple,
     ProjectionDefault,
+    Or,
 }
 
 impl StageName {
@@ -177,6 +184,7 @@ impl StageName {
             StageName::Limit => "LIMIT",
             StageName::ProjectionSimple => "PROJECTION_SIMPLE",
             StageName::ProjectionDefault => "PROJECTION_DEFAULT",
+            StageName::Or => "OR",
         }
     }
 }
@@ -188,6 +196,8 @@ pub struct PlanStage {
     /// Stage-specific explain fields (filter, keyPattern, indexBounds, sortPattern, ...).
     pub details: Document,
     pub input: Option<Box<PlanStage>>,
+    /// The inputs of an OR stage (`inputStages`).
+    pub inputs: Vec<PlanStage>,
     pub stats: StageStats,
 }
 
@@ -197,6 +207,7 @@ impl PlanStage {
             name,
             details,
             input: input.map(Box::new),
+            inputs: Vec::new(),
             stats: StageStats::default(),
         }
     }
@@ -206,16 +217,24 @@ impl PlanStage {
         if self.name == name {
             return Some(self);
         }
-        self.input
-            .as_deref_mut()
-            .and_then(|input| input.find_mut(name))
+        if let Some(input) = self.input.as_deref_mut() {
+            if let Some(found) = input.find_mut(name) {
+                return Some(found);
+            }
+        }
+        self.inputs
+            .iter_mut()
+            .find_map(|input| input.find_mut(name))
     }
 
     pub fn find(&self, name: StageName) -> Option<&PlanStage> {
         if self.name == name {
             return Some(self);
         }
-        self.input.as_deref().and_then(|input| input.find(name))
+        self.input
+            .as_deref()
+            .and_then(|input| input.find(name))
+            .or_else(|| self.inputs.iter().find_map(|input| input.find(name)))
     }
 
     /// Renders the stage as explain does; with `stats`, the executionStats fields too.
@@ -246,11 +265,21 @@ impl PlanStage {
         if let Some(input) = &self.input {
             document.insert("inputStage", input.render(stats));
         }
+        if !self.inputs.is_empty() {
+            let inputs: Vec<Bson> = self
+                .inputs
+                .iter()
+                .map(|i| Bson::Document(i.render(stats)))
+                .collect();
+            document.insert("inputStages", inputs);
+        }
         document
     }
 
     fn sum(&self, pick: fn(&StageStats) -> u64) -> u64 {
-        pick(&self.stats) + self.input.as_ref().map_or(0, |input| input.sum(pick))
+        pick(&self.stats)
+            + self.input.as_ref().map_or(0, |input| input.sum(pick))
+            + self.inputs.iter().map(|input| input.sum(pick)).sum::<u64>()
     }
 }
 
@@ -281,7 +310,7 @@ impl QueryPlan {
     pub fn index_scan(&self) -> Option<&IndexScan> {
         match &self.access {
             Access::IndexScan(scan) => Some(scan),
-            Access::CollectionScan { .. } => None,
+            Access::CollectionScan { .. } | Access::Union(_) => None,
         }
     }
 
@@ -289,17 +318,24 @@ impl QueryPlan {
     pub fn summary(&self) -> String {
         match &self.access {
             Access::CollectionScan { .. } => "COLLSCAN".into(),
-            Access::IndexScan(scan) => {
-                let fields: Vec<String> = scan
-                    .key_pattern
-                    .source()
-                    .iter()
-                    .map(|(k, v)| format!("{k}: {v}"))
-                    .collect();
-                format!("IXSCAN {{ {} }}", fields.join(", "))
-            }
+            Access::Union(scans) => scans
+                .iter()
+                .map(index_scan_summary)
+                .collect::<Vec<_>>()
+                .join(", "),
+            Access::IndexScan(scan) => index_scan_summary(scan),
         }
     }
+}
+
+fn index_scan_summary(scan: &IndexScan) -> String {
+    let fields: Vec<String> = scan
+        .key_pattern
+        .source()
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    format!("IXSCAN {{ {} }}", fields.join(", "))
 }
 
 /// The planner's answer.
@@ -416,10 +452,17 @@ pub fn plan(query: &CanonicalQuery, indexes: &[IndexDescriptor]) -> Result<Plann
                     .then(a.2.cmp(&b.2))
                     .then(a.1.cmp(&b.1))
             });
+            let constrained = candidates.iter().any(|(plan, _, _)| plan.score.3 > 0);
+            let union = if constrained {
+                None
+            } else {
+                union_plan(query, indexes)?
+            };
             let mut plans = candidates.into_iter().map(|(plan, _, _)| plan);
-            match plans.next() {
-                Some(winner) => (winner, plans.collect()),
-                None => (collection_scan(query, true), Vec::new()),
+            match (union, plans.next()) {
+                (Some(union), first) => (union, first.into_iter().chain(plans).collect()),
+                (None, Some(winner)) => (winner, plans.collect()),
+                (None, None) => (collection_scan(query, true), Vec::new()),
             }
         }
     };
@@ -429,6 +472,49 @@ pub fn plan(query: &CanonicalQuery, indexes: &[IndexDescriptor]) -> Result<Plann
         parsed_query,
         namespace: query.namespace.clone(),
     })
+}
+
+/// A plan for a top-level `$or` whose every branch can use an index (its first field
+/// constrained): one index scan per branch under an OR stage; the whole filter is the residual.
+fn union_plan(query: &CanonicalQuery, indexes: &[IndexDescriptor]) -> Result<Option<QueryPlan>> {
+    let Node::Or(branches) = query.filter.root() else {
+        return Ok(None);
+    };
+    let mut scans = Vec::with_capacity(branches.len());
+    let mut stages = Vec::with_capacity(branches.len());
+    for branch in branches {
+        let branch_query =
+            CanonicalQuery::new(&query.namespace, query.filter.with_root(branch.clone()));
+        let planned = plan(&branch_query, indexes)?;
+        match planned.winning.access {
+            Access::IndexScan(scan) if planned.winning.score.3 > 0 => {
+                let stage = planned
+                    .winning
+                    .root
+                    .find(StageName::IxScan)
+                    .expect("index plans have an IXSCAN")
+                    .clone();
+                scans.push(*scan);
+                stages.push(stage);
+            }
+            _ => return Ok(None),
+        }
+    }
+    let mut or = PlanStage::new(StageName::Or, Document::new(), None);
+    or.inputs = stages;
+    let fetch = PlanStage::new(
+        StageName::Fetch,
+        bson::doc! {"filter": query.filter.to_document()},
+        Some(or),
+    );
+    Ok(Some(finish(
+        query,
+        Access::Union(scans),
+        Some(query.filter.clone()),
+        query.sort.clone(),
+        fetch,
+        (0, false, false, 1),
+    )))
 }
 
 fn collection_scan(query: &CanonicalQuery, forward: bool) -> QueryPlan {

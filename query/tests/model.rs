@@ -9,7 +9,9 @@
 use bson::{Bson, Document, doc};
 use cairn_query::Matcher;
 use cairn_query::index_keys::KeyPattern;
-use cairn_query::planner::{Access, CanonicalQuery, Hint, IndexDescriptor, QueryPlan, plan};
+use cairn_query::planner::{
+    Access, CanonicalQuery, Hint, IndexDescriptor, IndexScan, QueryPlan, plan,
+};
 use cairn_query::shaper::ResultShaper;
 use cairn_query::sort::SortSpec;
 use cairn_types::keystring;
@@ -208,6 +210,45 @@ impl Collection {
         self.indexes.iter().map(|(d, _, _)| d.clone()).collect()
     }
 
+    /// Reads one index scan's ranges; returns record ids not seen before.
+    fn scan(&self, scan: &IndexScan, seen: &mut BTreeSet<i32>) -> Vec<i32> {
+        let entries = &self
+            .indexes
+            .iter()
+            .find(|(d, _, _)| d.name == scan.index_name)
+            .unwrap()
+            .2;
+        let mut ids = Vec::new();
+        let mut seen_here = BTreeSet::new();
+        let ranges: Vec<_> = if scan.forward {
+            scan.ranges.clone()
+        } else {
+            scan.ranges.iter().rev().cloned().collect()
+        };
+        for range in ranges {
+            let upper = match &range.end {
+                Some(end) => std::ops::Bound::Excluded(end.clone()),
+                None => std::ops::Bound::Unbounded,
+            };
+            let bounds = (std::ops::Bound::Included(range.start.clone()), upper);
+            let items: Vec<i32> = if scan.forward {
+                entries.range(bounds).map(|(_, id)| *id).collect()
+            } else {
+                entries.range(bounds).rev().map(|(_, id)| *id).collect()
+            };
+            for id in items {
+                assert!(
+                    scan.dedup || seen_here.insert(id),
+                    "duplicate record without dedup"
+                );
+                if seen.insert(id) {
+                    ids.push(id);
+                }
+            }
+        }
+        ids
+    }
+
     /// Runs a plan the way the executor does.
     fn run(&self, plan: &QueryPlan, filter: &Matcher) -> Vec<Document> {
         let mut fetched: Vec<Document> = Vec::new();
@@ -220,41 +261,17 @@ impl Collection {
                 fetched.extend(all.into_iter().cloned());
             }
             Access::IndexScan(scan) => {
-                let entries = &self
-                    .indexes
-                    .iter()
-                    .find(|(d, _, _)| d.name == scan.index_name)
-                    .unwrap()
-                    .2;
                 let mut seen = BTreeSet::new();
-                let mut ids = Vec::new();
-                let ranges: Vec<_> = if scan.forward {
-                    scan.ranges.clone()
-                } else {
-                    scan.ranges.iter().rev().cloned().collect()
-                };
-                for range in ranges {
-                    let upper = match &range.end {
-                        Some(end) => std::ops::Bound::Excluded(end.clone()),
-                        None => std::ops::Bound::Unbounded,
-                    };
-                    let bounds = (std::ops::Bound::Included(range.start.clone()), upper);
-                    let items: Vec<i32> = if scan.forward {
-                        entries.range(bounds).map(|(_, id)| *id).collect()
-                    } else {
-                        entries.range(bounds).rev().map(|(_, id)| *id).collect()
-                    };
-                    for id in items {
-                        assert!(
-                            scan.dedup || !seen.contains(&id),
-                            "duplicate record without dedup"
-                        );
-                        if seen.insert(id) {
-                            ids.push(id);
-                        }
-                    }
-                }
+                let ids = self.scan(scan, &mut seen);
                 fetched.extend(ids.into_iter().map(|id| self.documents[&id].clone()));
+            }
+            Access::Union(scans) => {
+                // One fetch per record across all the scans.
+                let mut seen = BTreeSet::new();
+                for scan in scans {
+                    let ids = self.scan(scan, &mut seen);
+                    fetched.extend(ids.into_iter().map(|id| self.documents[&id].clone()));
+                }
             }
         }
         // Residual, blocking sort, skip and limit through the executor's helper.
@@ -370,6 +387,33 @@ proptest! {
     ) {
         let window = if sort_spec.is_empty() { None } else { window };
         check(documents, patterns, filter, sort_spec, window)?;
+    }
+}
+
+fn indexed_leaf() -> impl Strategy<Value = Document> {
+    (prop_oneof![Just("a"), Just("b"), Just("c.d")], leaf()).prop_map(|(path, leaf)| {
+        let condition = leaf
+            .into_iter()
+            .next()
+            .map(|(_, c)| c)
+            .unwrap_or(Bson::Null);
+        doc! {path: condition}
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// `$or` over indexed fields: union plans (one index scan per branch).
+    #[test]
+    fn union_plans_agree_with_brute_force(
+        documents in documents(),
+        branches in prop::collection::vec(indexed_leaf(), 1..4),
+        sort_spec in sort(),
+    ) {
+        let filter = doc! {"$or": branches.into_iter().map(Bson::Document).collect::<Vec<_>>()};
+        let patterns = vec![doc! {"a": 1}, doc! {"b": -1}, doc! {"c.d": 1}];
+        check(documents, patterns, filter, sort_spec, None)?;
     }
 }
 

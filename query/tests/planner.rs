@@ -185,3 +185,49 @@ fn multikey_unknown_keeps_residual() {
     assert!(planned.winning.residual.is_some());
     assert!(planned.winning.index_scan().unwrap().dedup);
 }
+
+#[test]
+fn or_over_indexed_fields_is_a_union_of_index_scans() {
+    let planned = plan(
+        &query(doc! {"$or": [{"a": 1}, {"c": {"$gt": 5}}]}),
+        &indexes(),
+    )
+    .unwrap();
+    let Access::Union(scans) = &planned.winning.access else {
+        panic!("expected a union: {}", planned.winning.summary())
+    };
+    assert_eq!(
+        scans
+            .iter()
+            .map(|s| s.index_name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["a_1", "c_1"]
+    );
+    assert_eq!(
+        planned.winning.summary(),
+        "IXSCAN { a: 1 }, IXSCAN { c: 1 }"
+    );
+    let rendered = planned.winning.root.render(false);
+    assert_eq!(rendered.get_str("stage").unwrap(), "FETCH");
+    let or = rendered.get_document("inputStage").unwrap();
+    assert_eq!(or.get_str("stage").unwrap(), "OR");
+    let inputs = or.get_array("inputStages").unwrap();
+    assert_eq!(inputs.len(), 2);
+    assert_eq!(
+        inputs[1]
+            .as_document()
+            .unwrap()
+            .get_document("indexBounds")
+            .unwrap(),
+        &doc! {"c": ["(5, inf.0]"]}
+    );
+    // One branch without an index: collection scan.
+    let planned = plan(&query(doc! {"$or": [{"a": 1}, {"zz": 1}]}), &indexes()).unwrap();
+    assert!(matches!(
+        planned.winning.access,
+        Access::CollectionScan { .. }
+    ));
+    // Both branches on one field: a single scan with the union of the bounds.
+    let planned = plan(&query(doc! {"$or": [{"c": 1}, {"c": 3}]}), &indexes()).unwrap();
+    assert_eq!(planned.winning.summary(), "IXSCAN { c: 1 }");
+}
