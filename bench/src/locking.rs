@@ -13,8 +13,8 @@
 //!   ceiling for a workload that shares nothing.
 //! - `ix_distinct_periodic_x` / `ix_same_periodic_x`: the same while one more thread takes X on
 //!   collection 0 every 5 ms and holds it 1 ms.
-//! - `readers_waiting_writer`: 4 readers take IS on one collection and hold it 50 us; a writer
-//!   asks for X every 10 ms. Reported twice: the readers' throughput (`readers`) and the
+//! - `readers_alone` / `readers_waiting_writer`: 4 readers take IS on one collection and hold it
+//!   50 us; in the second, a writer also asks for X every 10 ms. Reported twice: the readers' throughput (`readers`) and the
 //!   writer's wait (`writer_wait`, p50/p99 in us): bounded waits show that X is not starved.
 
 use crate::Settings;
@@ -50,8 +50,10 @@ pub fn run(settings: &Settings, reporter: &mut Reporter) -> anyhow::Result<()> {
             }
         }
     }
-    for record in readers_with_waiting_writer(run_for) {
-        reporter.emit(&record)?;
+    for with_writer in [false, true] {
+        for record in readers_with_waiting_writer(run_for, with_writer) {
+            reporter.emit(&record)?;
+        }
     }
     Ok(())
 }
@@ -243,8 +245,10 @@ fn private_mutexes(threads: usize, run_for: Duration) -> Record {
                 while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
                     for _ in 0..SAMPLE_EVERY {
-                        let guards: Vec<_> =
-                            mutexes.iter().map(|m| m.lock().expect("not poisoned")).collect();
+                        let guards: Vec<_> = mutexes
+                            .iter()
+                            .map(|m| m.lock().expect("not poisoned"))
+                            .collect();
                         black_box(&guards);
                     }
                     latencies.record(started.elapsed() / SAMPLE_EVERY as u32);
@@ -265,16 +269,23 @@ fn private_mutexes(threads: usize, run_for: Duration) -> Record {
         ops += worker_ops;
         latencies.merge(&worker_latencies);
     }
-    let mut record = record("ix_distinct", "private_mutexes", threads, ops, started.elapsed());
+    let mut record = record(
+        "ix_distinct",
+        "private_mutexes",
+        threads,
+        ops,
+        started.elapsed(),
+    );
     record.latencies = Some(latencies);
     record
 }
 
-fn readers_with_waiting_writer(run_for: Duration) -> Vec<Record> {
+/// Readers on one collection, with or without a writer that asks for X every 10 ms.
+fn readers_with_waiting_writer(run_for: Duration, with_writer: bool) -> Vec<Record> {
     const READERS: usize = 4;
     let manager = manager();
     let stop = Arc::new(AtomicBool::new(false));
-    let barrier = Arc::new(Barrier::new(READERS + 2));
+    let barrier = Arc::new(Barrier::new(READERS + 1 + usize::from(with_writer)));
     let readers: Vec<_> = (0..READERS)
         .map(|index| {
             let (manager, stop, barrier) = (manager.clone(), stop.clone(), barrier.clone());
@@ -300,7 +311,7 @@ fn readers_with_waiting_writer(run_for: Duration) -> Vec<Record> {
             })
         })
         .collect();
-    let writer = {
+    let writer = with_writer.then(|| {
         let (manager, stop, barrier) = (manager.clone(), stop.clone(), barrier.clone());
         thread::spawn(move || {
             let locker = manager.new_locker(LockerOptions::new("writer"));
@@ -317,7 +328,7 @@ fn readers_with_waiting_writer(run_for: Duration) -> Vec<Record> {
             }
             waits
         })
-    };
+    });
     barrier.wait();
     let started = Instant::now();
     thread::sleep(run_for);
@@ -329,13 +340,21 @@ fn readers_with_waiting_writer(run_for: Duration) -> Vec<Record> {
         ops += reader_ops;
         latencies.merge(&reader_latencies);
     }
-    let waits = writer.join().expect("writer");
     let elapsed = started.elapsed();
-    let mut readers_record = record("readers_waiting_writer", "cairn", READERS, ops, elapsed);
+    let workload = if with_writer {
+        "readers_waiting_writer"
+    } else {
+        "readers_alone"
+    };
+    let mut readers_record = record(workload, "cairn", READERS, ops, elapsed);
     readers_record.latencies = Some(latencies);
     readers_record
         .extra
         .insert("role".into(), Value::from("readers"));
+    let Some(writer) = writer else {
+        return vec![readers_record];
+    };
+    let waits = writer.join().expect("writer");
     let mut writer_record = record("readers_waiting_writer", "cairn", 1, waits.count(), elapsed);
     writer_record
         .extra

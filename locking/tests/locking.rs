@@ -481,6 +481,67 @@ fn tickets_bound_admission_and_waiting_is_visible() {
 }
 
 #[test]
+fn a_kill_ends_a_ticket_wait_and_the_queue_moves_on() {
+    let manager = manager();
+    manager.set_read_tickets_max(1);
+    let holder = locker(&manager, "holder", 1_000);
+    let held = holder.lock_collection(&ns("c"), IS).unwrap();
+    thread::scope(|scope| {
+        let (opid_sender, opid) = mpsc::channel();
+        let manager = &manager;
+        let victim = scope.spawn(move || {
+            let op = locker(manager, "victim", 60_000);
+            opid_sender.send(op.opid()).unwrap();
+            op.lock_collection(&ns("c"), IS)
+                .map(|_| ())
+                .map_err(|e| e.code)
+        });
+        let opid = opid.recv().unwrap();
+        eventually("victim queued for a ticket", || {
+            manager
+                .server_status_tickets()
+                .get_document("read")
+                .unwrap()
+                .get_i32("queueLength")
+                .ok()
+                == Some(1)
+        });
+        let behind = scope.spawn(move || {
+            let op = locker(manager, "behind", 60_000);
+            op.lock_collection(&ns("c"), IS)
+                .map(|_| ())
+                .map_err(|e| e.code)
+        });
+        eventually("two queued", || {
+            manager
+                .server_status_tickets()
+                .get_document("read")
+                .unwrap()
+                .get_i32("queueLength")
+                .ok()
+                == Some(2)
+        });
+        assert!(manager.kill_op(opid, ErrorCode::Interrupted));
+        assert_eq!(victim.join().unwrap(), Err(ErrorCode::Interrupted));
+        drop(held);
+        assert_eq!(
+            behind.join().unwrap(),
+            Ok(()),
+            "the ticket went to the next in line"
+        );
+    });
+    let read = manager
+        .server_status_tickets()
+        .get_document("read")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        read,
+        doc! {"out": 0, "available": 1, "totalTickets": 1, "queueLength": 0}
+    );
+}
+
+#[test]
 fn fsync_lock_nests_blocks_writes_and_lets_reads_go_on() {
     let manager = manager();
     let mut flushes = 0;
