@@ -35,22 +35,32 @@ const SAMPLE_EVERY: u64 = 16;
 pub fn run(settings: &Settings, reporter: &mut Reporter) -> anyhow::Result<()> {
     let seconds = if settings.quick { 0.2 } else { 2.0 };
     let run_for = Duration::from_secs_f64(seconds);
-    uncontended(reporter, run_for)?;
+    if settings.wants_workload("uncontended") {
+        uncontended(settings, reporter, run_for)?;
+    }
     for (workload, same, periodic_x) in [
         ("ix_distinct", false, false),
         ("ix_same", true, false),
         ("ix_distinct_periodic_x", false, true),
         ("ix_same_periodic_x", true, true),
     ] {
+        if !settings.wants_workload(workload) {
+            continue;
+        }
         for threads in [1, 2, 4, 8] {
-            let record = intent_throughput(workload, threads, same, periodic_x, run_for);
-            reporter.emit(&record)?;
-            if workload == "ix_distinct" {
+            if settings.wants_system("cairn") {
+                let record = intent_throughput(workload, threads, same, periodic_x, run_for);
+                reporter.emit(&record)?;
+            }
+            if workload == "ix_distinct" && settings.wants_system("private_mutexes") {
                 reporter.emit(&private_mutexes(threads, run_for))?;
             }
         }
     }
-    for with_writer in [false, true] {
+    for (workload, with_writer) in [("readers_alone", false), ("readers_waiting_writer", true)] {
+        if !settings.wants_workload(workload) || !settings.wants_system("cairn") {
+            continue;
+        }
         for record in readers_with_waiting_writer(run_for, with_writer) {
             reporter.emit(&record)?;
         }
@@ -108,7 +118,11 @@ fn emit_uncontended(
     reporter.emit(&record)
 }
 
-fn uncontended(reporter: &mut Reporter, run_for: Duration) -> anyhow::Result<()> {
+fn uncontended(
+    settings: &Settings,
+    reporter: &mut Reporter,
+    run_for: Duration,
+) -> anyhow::Result<()> {
     let manager = manager();
     let locker = manager.new_locker(LockerOptions::new("bench"));
     let ns = collection(0);
@@ -118,13 +132,17 @@ fn uncontended(reporter: &mut Reporter, run_for: Duration) -> anyhow::Result<()>
         ("uncontended_ix_chain", LockMode::IX),
         ("uncontended_is_chain", LockMode::IS),
     ] {
+        if !settings.wants_workload(workload) || !settings.wants_system("cairn") {
+            continue;
+        }
         let measured = repeat(run_for, || {
             let guard = locker.lock_collection(&ns, mode).expect("uncontended lock");
             black_box(&guard);
         });
         emit_uncontended(reporter, workload, "cairn", measured)?;
     }
-    {
+    let collection_only = "uncontended_collection_ix";
+    if settings.wants_workload(collection_only) && settings.wants_system("cairn") {
         let _database = locker.lock_database(&ns.db, LockMode::IX)?;
         let measured = repeat(run_for, || {
             let guard = locker
@@ -132,7 +150,11 @@ fn uncontended(reporter: &mut Reporter, run_for: Duration) -> anyhow::Result<()>
                 .expect("uncontended lock");
             black_box(&guard);
         });
-        emit_uncontended(reporter, "uncontended_collection_ix", "cairn", measured)?;
+        emit_uncontended(reporter, collection_only, "cairn", measured)?;
+    }
+    if !settings.wants_workload("uncontended_ix_chain") || !settings.wants_system("mutex_baseline")
+    {
+        return Ok(());
     }
     // The floor: five plain mutexes (ticket, RSTL, Global, Database, Collection).
     let mutexes: Vec<std::sync::Mutex<u64>> = (0..5).map(|_| std::sync::Mutex::new(0)).collect();
