@@ -35,9 +35,7 @@ const SAMPLE_EVERY: u64 = 16;
 pub fn run(settings: &Settings, reporter: &mut Reporter) -> anyhow::Result<()> {
     let seconds = if settings.quick { 0.2 } else { 2.0 };
     let run_for = Duration::from_secs_f64(seconds);
-    if settings.wants_workload("uncontended") {
-        uncontended(settings, reporter, run_for)?;
-    }
+    uncontended(settings, reporter, run_for)?;
     for (workload, same, periodic_x) in [
         ("ix_distinct", false, false),
         ("ix_same", true, false),
