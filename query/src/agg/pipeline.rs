@@ -11,8 +11,9 @@
 //! Memory: `$sort` and `$group` count the approximate bytes they hold. Past
 //! [`AggregateOptions::memory_bytes_max`] (100 MB by default) they fail with
 //! QueryExceededMemoryLimitNoDiskUseAllowed (292), unless `allowDiskUse`: then `$sort` spills
-//! sorted runs to anonymous temporary files and merges them; `$group` does not spill and fails
-//! with ExceededMemoryLimit (146) saying so.
+//! sorted runs to anonymous temporary files and merges them, and `$group` spills its partial
+//! groups as key-ordered runs and merges them (its output is then in key order, which MongoDB
+//! leaves unspecified anyway).
 
 use crate::agg::expression::{
     Expression, ParseContext, Variables, divide_for_average, sum_numbers,
@@ -1285,6 +1286,161 @@ impl State {
     }
 }
 
+impl State {
+    /// The state as a document, for a spilled run.
+    fn to_document(&self) -> Document {
+        match self {
+            State::Sum(total) => bson::doc! {"t": total.clone()},
+            State::Avg { total, count } => bson::doc! {"t": total.clone(), "c": *count as i64},
+            State::Extreme(value) | State::Last(value) => match value {
+                Some(v) => bson::doc! {"v": v.clone()},
+                None => Document::new(),
+            },
+            State::First(value) => match value {
+                None => Document::new(),
+                Some(None) => bson::doc! {"set": true},
+                Some(Some(v)) => bson::doc! {"set": true, "v": v.clone()},
+            },
+            State::Push(items) => bson::doc! {"v": items.clone()},
+            State::Set(items) => bson::doc! {"v": items.values().cloned().collect::<Vec<_>>()},
+        }
+    }
+
+    fn from_document(kind: Accumulator, document: &Document) -> State {
+        let value = document.get("v").cloned();
+        let items = || match document.get("v") {
+            Some(Bson::Array(items)) => items.clone(),
+            _ => Vec::new(),
+        };
+        match kind {
+            Accumulator::Sum | Accumulator::Count => {
+                State::Sum(document.get("t").cloned().unwrap_or(Bson::Int32(0)))
+            }
+            Accumulator::Avg => State::Avg {
+                total: document.get("t").cloned().unwrap_or(Bson::Int32(0)),
+                count: document.get_i64("c").unwrap_or(0) as usize,
+            },
+            Accumulator::Min | Accumulator::Max => State::Extreme(value),
+            Accumulator::Last => State::Last(value),
+            Accumulator::First => {
+                if document.contains_key("set") {
+                    State::First(Some(value))
+                } else {
+                    State::First(None)
+                }
+            }
+            Accumulator::Push => State::Push(items()),
+            Accumulator::AddToSet => State::Set(
+                items()
+                    .into_iter()
+                    .map(|v| (cairn_types::keystring::encode(&v), v))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Combines with the state of the same group from later input.
+    fn merge(&mut self, kind: Accumulator, later: State) {
+        match (self, later) {
+            (State::Sum(total), State::Sum(other)) => {
+                *total = sum_numbers([&*total, &other].into_iter());
+            }
+            (
+                State::Avg { total, count },
+                State::Avg {
+                    total: other_total,
+                    count: other_count,
+                },
+            ) => {
+                *total = sum_numbers([&*total, &other_total].into_iter());
+                *count += other_count;
+            }
+            (this @ State::Extreme(_), State::Extreme(Some(other))) => {
+                this.add(kind, Some(other));
+            }
+            (State::First(first), State::First(other)) => {
+                if first.is_none() {
+                    *first = other;
+                }
+            }
+            (State::Last(last), State::Last(other)) => {
+                if other.is_some() {
+                    *last = other;
+                }
+            }
+            (State::Push(items), State::Push(other)) => items.extend(other),
+            (State::Set(items), State::Set(other)) => {
+                for (key, value) in other {
+                    items.entry(key).or_insert(value);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A spilled run of `$group`: groups in key order.
+struct GroupRun {
+    run: Run,
+}
+
+impl GroupRun {
+    fn next(
+        &mut self,
+        fields: &[(String, Accumulator, Expression)],
+    ) -> Result<Option<(Vec<u8>, Bson, Vec<State>)>> {
+        let Some(record) = self.run.next()? else {
+            return Ok(None);
+        };
+        let key = match record.get("k") {
+            Some(Bson::Binary(binary)) => binary.bytes.clone(),
+            _ => return Err(Error::internal("corrupt $group spill record")),
+        };
+        let id = record.get("_id").cloned().unwrap_or(Bson::Null);
+        let states = match record.get("s") {
+            Some(Bson::Array(items)) => fields
+                .iter()
+                .zip(items)
+                .map(|((_, kind, _), item)| match item {
+                    Bson::Document(d) => State::from_document(*kind, d),
+                    _ => State::new(*kind),
+                })
+                .collect(),
+            _ => return Err(Error::internal("corrupt $group spill record")),
+        };
+        Ok(Some((key, id, states)))
+    }
+}
+
+fn spill_groups(groups: &mut BTreeMap<Vec<u8>, (Bson, Vec<State>)>) -> Result<GroupRun> {
+    let mut buffer: Vec<(Vec<Bson>, u64, Document)> = Vec::with_capacity(groups.len());
+    for (key, (id, states)) in std::mem::take(groups) {
+        let record = bson::doc! {
+            "k": bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: key },
+            "_id": id,
+            "s": states.iter().map(|s| Bson::Document(s.to_document())).collect::<Vec<_>>(),
+        };
+        buffer.push((Vec::new(), 0, record));
+    }
+    Ok(GroupRun {
+        run: write_run(&mut buffer)?,
+    })
+}
+
+fn finish_group(
+    id: Bson,
+    states: Vec<State>,
+    fields: &[(String, Accumulator, Expression)],
+) -> Document {
+    let mut document = bson::doc! {"_id": id};
+    for ((name, _, _), state) in fields.iter().zip(states) {
+        document.insert(name.clone(), state.finish());
+    }
+    document
+}
+
+/// `$group`: groups in order of first appearance; past the memory limit with allowDiskUse, the
+/// groups are spilled as key-ordered runs and merged (the output is then in key order).
 fn group(
     id: &Expression,
     fields: &[(String, Accumulator, Expression)],
@@ -1293,6 +1449,7 @@ fn group(
 ) -> Result<Vec<Document>> {
     let mut order: Vec<Vec<u8>> = Vec::new();
     let mut groups: BTreeMap<Vec<u8>, (Bson, Vec<State>)> = BTreeMap::new();
+    let mut runs: Vec<GroupRun> = Vec::new();
     let mut bytes = 0usize;
     for item in input {
         let document = item?;
@@ -1301,17 +1458,14 @@ fn group(
         let key = cairn_types::keystring::encode(&key_value);
         if !groups.contains_key(&key) {
             bytes += approximate_size(&key_value) + key.len() + 64 * fields.len();
-            order.push(key.clone());
-            groups.insert(
-                key.clone(),
-                (
-                    key_value,
-                    fields
-                        .iter()
-                        .map(|(_, kind, _)| State::new(*kind))
-                        .collect(),
-                ),
-            );
+            if runs.is_empty() {
+                order.push(key.clone());
+            }
+            let states = fields
+                .iter()
+                .map(|(_, kind, _)| State::new(*kind))
+                .collect();
+            groups.insert(key.clone(), (key_value, states));
         }
         let (_, states) = groups.get_mut(&key).expect("inserted above");
         for ((_, kind, expression), state) in fields.iter().zip(states.iter_mut()) {
@@ -1319,28 +1473,55 @@ fn group(
             bytes += state.add(*kind, value);
         }
         if bytes > options.memory_bytes_max {
-            if options.allow_disk_use {
-                return Err(Error::new(
-                    ErrorCode::ExceededMemoryLimit,
-                    format!(
-                        "$group exceeded its memory limit of {} bytes; cairn does not spill $group to disk",
-                        options.memory_bytes_max
-                    ),
-                ));
+            if !options.allow_disk_use {
+                return Err(memory_exceeded("$group"));
             }
-            return Err(memory_exceeded("$group"));
+            runs.push(spill_groups(&mut groups)?);
+            order.clear();
+            bytes = 0;
         }
     }
-    let mut output = Vec::with_capacity(order.len());
-    for key in order {
-        let (id_value, states) = groups.remove(&key).expect("every key has a group");
-        let mut document = bson::doc! {"_id": id_value};
-        for ((name, _, _), state) in fields.iter().zip(states) {
-            document.insert(name.clone(), state.finish());
+    if runs.is_empty() {
+        let mut output = Vec::with_capacity(order.len());
+        for key in order {
+            let (id_value, states) = groups.remove(&key).expect("every key has a group");
+            output.push(finish_group(id_value, states, fields));
         }
-        output.push(document);
+        return Ok(output);
     }
-    Ok(output)
+    if !groups.is_empty() {
+        runs.push(spill_groups(&mut groups)?);
+    }
+    // Merge the runs by key; for one key, earlier runs hold earlier input.
+    let mut heads: Vec<Option<(Vec<u8>, Bson, Vec<State>)>> = Vec::with_capacity(runs.len());
+    for run in &mut runs {
+        heads.push(run.next(fields)?);
+    }
+    let mut output = Vec::new();
+    loop {
+        let Some(smallest) = heads.iter().flatten().map(|(key, _, _)| key.clone()).min() else {
+            return Ok(output);
+        };
+        let mut merged: Option<(Bson, Vec<State>)> = None;
+        for (head, run) in heads.iter_mut().zip(runs.iter_mut()) {
+            if head.as_ref().is_some_and(|(key, _, _)| *key == smallest) {
+                let (_, id_value, states) = head.take().expect("checked");
+                match &mut merged {
+                    None => merged = Some((id_value, states)),
+                    Some((_, existing)) => {
+                        for (((_, kind, _), state), later) in
+                            fields.iter().zip(existing.iter_mut()).zip(states)
+                        {
+                            state.merge(*kind, later);
+                        }
+                    }
+                }
+                *head = run.next(fields)?;
+            }
+        }
+        let (id_value, states) = merged.expect("the smallest key came from a run");
+        output.push(finish_group(id_value, states, fields));
+    }
 }
 
 /// `distinct`: the distinct values a path reaches (arrays expanded) in MongoDB's order.
