@@ -1,13 +1,19 @@
 //! The embedded default deployment: what `cairn` without `--host` connects to.
 //!
 //! DESIGN.md: `cairn` with no `--host` starts an embedded default in the same process (for now
-//! a single node on a temporary dbpath; the replica-set issue makes it three members). The node
-//! lives in the server crate (`cairn-server`), which the shell does not depend on yet.
-//! [`start_default`] is the single hook: it must start the node(s) on the given tokio runtime
-//! and return the `host:port` to connect to, plus a guard that keeps them running (and removes a
-//! temporary dbpath) until it is dropped. Until the server crate is wired in here, it returns
-//! [`EmbeddedError::Unavailable`] and `cairn` exits with a clear message.
+//! a single node; the replica-set issue makes it three members). [`start_default`] starts a
+//! [`cairn_server::EmbeddedNode`] on the shell's tokio runtime and returns the `host:port` to
+//! connect to, plus a guard that keeps the node running until it is dropped.
+//!
+//! - Data: a temporary directory (removed when the node stops) unless `--dbpath` names one.
+//! - Address: loopback only. The default port (27027) when it is free, so that other tools
+//!   (`cairn --host localhost`, mongosh) reach the shell's node as they would a cairnd; any free
+//!   port otherwise.
+//! - Shutdown: dropping the guard stops serving and shuts the node down cleanly (operations
+//!   interrupted, final checkpoint), blocking until it is done. The guard must be dropped on a
+//!   thread that is not a worker of the runtime (the shell drops it on its main thread).
 
+use cairn_server::{EmbeddedNode, NodeConfig};
 use std::path::PathBuf;
 
 /// How the embedded default is started.
@@ -46,14 +52,71 @@ impl std::fmt::Display for EmbeddedError {
 
 impl std::error::Error for EmbeddedError {}
 
+/// The loopback address the embedded node listens on.
+const EMBEDDED_BIND_IP: &str = "127.0.0.1";
+
+/// Keeps an embedded node running; shuts it down when dropped.
+struct NodeGuard {
+    node: Option<EmbeddedNode>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Drop for NodeGuard {
+    fn drop(&mut self) {
+        if let Some(node) = self.node.take() {
+            if let Err(error) = self.runtime.block_on(node.stop()) {
+                eprintln!("cairn: the embedded node did not shut down cleanly: {error:#}");
+            }
+        }
+    }
+}
+
+/// The default port if nothing listens on it on loopback, else 0 (any free port).
+fn embedded_port() -> u16 {
+    let default = cairn_server::config::DEFAULT_PORT;
+    match std::net::TcpListener::bind((EMBEDDED_BIND_IP, default)) {
+        Ok(_probe) => default,
+        Err(_) => 0,
+    }
+}
+
 /// Starts the embedded default deployment and returns the address to connect to.
 pub fn start_default(
-    _runtime: &tokio::runtime::Handle,
-    _options: &EmbeddedOptions,
+    runtime: &tokio::runtime::Handle,
+    options: &EmbeddedOptions,
 ) -> Result<EmbeddedDeployment, EmbeddedError> {
-    Err(EmbeddedError::Unavailable(
-        "this build of cairn has no embedded server yet (the server crate is not wired in); \
-         start cairnd and connect with `cairn --host HOST:PORT`"
-            .to_string(),
-    ))
+    let temporary = options.dbpath.is_none();
+    let mut config = NodeConfig {
+        port: embedded_port(),
+        bind_ip: vec![EMBEDDED_BIND_IP.to_owned()],
+        ..NodeConfig::default()
+    };
+    if let Some(dbpath) = &options.dbpath {
+        config.dbpath = dbpath.clone();
+    }
+    let started = runtime.block_on(async {
+        match EmbeddedNode::start(config.clone(), temporary).await {
+            // The default port was taken between the probe and the bind: any free port will do.
+            // (Only with a temporary dbpath: a given one may still be held by the failed try.)
+            Err(error)
+                if temporary && config.port != 0 && error.to_string().contains("cannot listen") =>
+            {
+                config.port = 0;
+                EmbeddedNode::start(config, temporary).await
+            }
+            other => other,
+        }
+    });
+    let node = started.map_err(|error| EmbeddedError::Failed(format!("{error:#}")))?;
+    assert!(
+        node.address.ip().is_loopback(),
+        "the embedded node listens on loopback only"
+    );
+    Ok(EmbeddedDeployment {
+        address: node.address.to_string(),
+        guard: Box::new(NodeGuard {
+            node: Some(node),
+            runtime: runtime.clone(),
+        }),
+    })
 }

@@ -9,8 +9,8 @@
 //! ```
 //!
 //! Exit codes: 0 success; 1 an uncaught error in `--eval` or a script; 2 bad arguments;
-//! 3 cannot connect (no server reachable, or no embedded default in this build); 130 interrupted
-//! by Ctrl-C; `quit(n)` exits with n.
+//! 3 cannot connect (no server reachable, or the embedded default could not start);
+//! 130 interrupted by Ctrl-C; `quit(n)` exits with n.
 
 use anyhow::Context as _;
 use cairn_driver::{Client, ClientOptions};

@@ -181,13 +181,6 @@ fn connection_failures_and_bad_arguments() {
         "{}",
         text(&output.stderr)
     );
-    let output = cairn(&["--eval", "1"], None);
-    assert_eq!(output.status.code(), Some(3));
-    assert!(
-        text(&output.stderr).contains("embedded default"),
-        "{}",
-        text(&output.stderr)
-    );
     let output = cairn(&["notafile"], None);
     assert_eq!(output.status.code(), Some(2));
     let output = cairn(&["--bogus"], None);
@@ -199,4 +192,96 @@ fn connection_failures_and_bad_arguments() {
         "{}",
         text(&output.stderr)
     );
+}
+
+/// Runs `cairn` with `TMPDIR` set to `tmpdir`, so that the embedded default's temporary dbpath
+/// is made (and must be removed) there.
+fn cairn_in(tmpdir: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .env("HOME", tmpdir)
+        .env("TMPDIR", tmpdir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+/// Entries of a directory, history files of the REPL aside.
+fn entries(directory: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(directory)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with(".cairn"))
+        .collect()
+}
+
+#[test]
+fn without_host_the_embedded_default_serves_and_is_removed_at_exit() {
+    let tmpdir = tempfile::tempdir().unwrap();
+    let output = cairn_in(tmpdir.path(), &["--eval", "db.runCommand({ping: 1})"], None);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert_eq!(text(&output.stdout), "{ ok: 1 }\n");
+    assert_eq!(
+        entries(tmpdir.path()),
+        Vec::<String>::new(),
+        "the temporary dbpath is removed when the shell exits"
+    );
+
+    // The interactive prompt (piped) works on the embedded default too; `quit(n)` still exits n.
+    let output = cairn_in(
+        tmpdir.path(),
+        &["--quiet"],
+        Some("db.runCommand({hello: 1}).isWritablePrimary\nquit(4)\n"),
+    );
+    assert_eq!(output.status.code(), Some(4), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stdout).contains("true"),
+        "{}",
+        text(&output.stdout)
+    );
+    assert_eq!(entries(tmpdir.path()), Vec::<String>::new());
+}
+
+#[test]
+fn without_host_a_given_dbpath_is_used_and_kept() {
+    let tmpdir = tempfile::tempdir().unwrap();
+    let dbpath = tmpdir.path().join("data");
+    let dbpath_text = dbpath.to_str().unwrap();
+    let output = cairn_in(
+        tmpdir.path(),
+        &[
+            "--dbpath",
+            dbpath_text,
+            "--eval",
+            "db.runCommand({buildInfo: 1}).ok",
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert_eq!(text(&output.stdout), "1\n");
+    assert!(
+        std::fs::read_dir(&dbpath).unwrap().next().is_some(),
+        "the node's files stay in the given dbpath"
+    );
+    // The node was shut down cleanly: the same dbpath opens again.
+    let output = cairn_in(
+        tmpdir.path(),
+        &[
+            "--dbpath",
+            dbpath_text,
+            "--eval",
+            "db.runCommand({ping: 1}).ok",
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert_eq!(text(&output.stdout), "1\n");
 }
