@@ -1358,16 +1358,8 @@ impl State {
             (this @ State::Extreme(_), State::Extreme(Some(other))) => {
                 this.add(kind, Some(other));
             }
-            (State::First(first), State::First(other)) => {
-                if first.is_none() {
-                    *first = other;
-                }
-            }
-            (State::Last(last), State::Last(other)) => {
-                if other.is_some() {
-                    *last = other;
-                }
-            }
+            (State::First(first), State::First(other)) if first.is_none() => *first = other,
+            (State::Last(last), State::Last(other)) if other.is_some() => *last = other,
             (State::Push(items), State::Push(other)) => items.extend(other),
             (State::Set(items), State::Set(other)) => {
                 for (key, value) in other {
@@ -1379,16 +1371,16 @@ impl State {
     }
 }
 
+/// One group: its key bytes, its `_id` and its accumulator states.
+type GroupEntry = (Vec<u8>, Bson, Vec<State>);
+
 /// A spilled run of `$group`: groups in key order.
 struct GroupRun {
     run: Run,
 }
 
 impl GroupRun {
-    fn next(
-        &mut self,
-        fields: &[(String, Accumulator, Expression)],
-    ) -> Result<Option<(Vec<u8>, Bson, Vec<State>)>> {
+    fn next(&mut self, fields: &[(String, Accumulator, Expression)]) -> Result<Option<GroupEntry>> {
         let Some(record) = self.run.next()? else {
             return Ok(None);
         };
@@ -1493,7 +1485,7 @@ fn group(
         runs.push(spill_groups(&mut groups)?);
     }
     // Merge the runs by key; for one key, earlier runs hold earlier input.
-    let mut heads: Vec<Option<(Vec<u8>, Bson, Vec<State>)>> = Vec::with_capacity(runs.len());
+    let mut heads: Vec<Option<GroupEntry>> = Vec::with_capacity(runs.len());
     for run in &mut runs {
         heads.push(run.next(fields)?);
     }
