@@ -259,7 +259,7 @@ impl OpShared {
 
     /// The currentOp fields this crate knows.
     pub fn current_op_document(&self) -> Document {
-        doc! {
+        let mut document = doc! {
             "opid": self.opid as i64,
             "desc": self.desc.clone(),
             "locks": self.held_locks_document(),
@@ -268,7 +268,19 @@ impl OpShared {
             "lockStats": self.stats.snapshot().to_document(),
             "numYields": self.num_yields.load(Ordering::Relaxed) as i64,
             "killPending": self.kill_code().is_some(),
+        };
+        if let Some(waiting) = self.waiting_for_document() {
+            document.insert("waitingFor", waiting);
         }
+        document
+    }
+
+    /// `{resourceId, mode}` of the lock this operation waits for (a cairn addition to currentOp).
+    fn waiting_for_document(&self) -> Option<Document> {
+        // The target is cloned first: a head's mutex is never taken under `waiting_on`.
+        let target = self.waiting_on.lock().clone()?;
+        let mode = target.head.state.lock().wanted(target.wait)?;
+        Some(doc! { "resourceId": target.head.resource.to_string(), "mode": mode.name() })
     }
 }
 

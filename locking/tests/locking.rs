@@ -957,6 +957,10 @@ fn statistics_and_views_have_mongodbs_shapes() {
             .unwrap();
         assert!(waiting.get_bool("waitingForLock").unwrap());
         assert_eq!(
+            waiting.get_document("waitingFor").unwrap(),
+            &doc! {"resourceId": "{Collection: shop.c}", "mode": "IS"}
+        );
+        assert_eq!(
             waiting.get_document("locks").unwrap(),
             &doc! {
                 "ReplicationStateTransition": "w", "Global": "r", "Database": "r",
@@ -982,6 +986,7 @@ fn statistics_and_views_have_mongodbs_shapes() {
         drop(held);
         let waited = waiter.join().unwrap();
         assert!(!waited.get_bool("waitingForLock").unwrap());
+        assert!(!waited.contains_key("waitingFor"));
         let stats = waited
             .get_document("lockStats")
             .unwrap()
