@@ -1,6 +1,6 @@
 //! Lock statistics in MongoDB's shapes.
 //!
-//! Owns: [`LockStats`], the per-operation counters (acquireCount, acquireWaitCount,
+//! Owns: `LockStats`, the per-operation counters (acquireCount, acquireWaitCount,
 //! timeAcquiringMicros per resource type and mode), and [`LockStatsSnapshot`], their plain sum
 //! that serverStatus `locks` and currentOp `lockStats` are rendered from.
 //!

@@ -1,11 +1,12 @@
-//! The mutex and condition variable the lock manager is built on, swappable for model checking.
+//! The synchronization primitives the lock manager is built on, swappable for model checking.
 //!
-//! Owns: [`Mutex`], [`MutexGuard`], [`Condvar`] and the atomics of the lock-free fast paths
-//! (intent grants, tickets) with one API. Normal builds use parking_lot
-//! (no poisoning, small and fast uncontended); with the `loom` feature they are loom's, so the
-//! model tests in `tests/loom.rs` explore every interleaving of the real grant/wait/wake code.
+//! Owns: `Mutex` (and its guard), `Condvar`, the atomics of the lock-free fast paths (intent
+//! grants, tickets) and `store_load_fence`, with one API. Normal builds use parking_lot (no
+//! poisoning, small and fast uncontended) and std's atomics; with the `loom` feature they are
+//! loom's, so the model tests in `tests/loom.rs` explore the interleavings of the real
+//! grant/wait/wake code.
 //!
-//! Invariant: every blocking wait in the crate goes through [`Condvar::wait_for`]. Under loom a
+//! Invariant: every blocking wait in the crate goes through `Condvar::wait_for`. Under loom a
 //! timed wait never times out, so a lost wake-up shows as a deadlock that loom reports instead of
 //! being papered over by a timeout.
 
