@@ -40,6 +40,41 @@ fn equality_and_arrays() {
 }
 
 #[test]
+fn explicit_eq() {
+    check(&[
+        // Manual: $eq examples.
+        (doc! {"qty": {"$eq": 20}}, doc! {"qty": 20}, true),
+        (
+            doc! {"item.name": {"$eq": "ab"}},
+            doc! {"item": {"name": "ab", "code": "123"}},
+            true,
+        ),
+        (doc! {"tags": {"$eq": "B"}}, doc! {"tags": ["A", "B"]}, true),
+        (
+            doc! {"tags": {"$eq": ["A", "B"]}},
+            doc! {"tags": ["A", "B"]},
+            true,
+        ),
+        (
+            doc! {"tags": {"$eq": ["A", "B"]}},
+            doc! {"tags": [["A", "B"], "C"]},
+            true,
+        ),
+        (
+            doc! {"tags": {"$eq": ["A", "B"]}},
+            doc! {"tags": ["B", "A"]},
+            false,
+        ),
+        (
+            doc! {"a": {"$eq": {"$gt": 1}}},
+            doc! {"a": {"$gt": 1}},
+            true,
+        ),
+        (doc! {"a": {"$eq": null}}, doc! {}, true),
+    ]);
+}
+
+#[test]
 fn null_and_missing() {
     check(&[
         (doc! {"a": null}, doc! {"a": null}, true),
