@@ -243,6 +243,7 @@ impl Update {
                 ));
             }
             validate_replacement(update)?;
+            validate_stored_names(update)?;
             return Ok(Update::Replacement(update.clone()));
         }
         let array_filters = parse_array_filters(array_filters.unwrap_or(&[]))?;

@@ -437,6 +437,9 @@ fn bad_updates() {
     assert_eq!(error(base.clone(), doc! {"$set": {}}).0, 9);
     assert_eq!(error(base.clone(), doc! {"$set": {"a": 1}, "b": 1}).0, 9);
     assert_eq!(error(base.clone(), doc! {"b": 1, "$set": {"a": 1}}).0, 52);
+    assert_eq!(error(base.clone(), doc! {"b": {"$x": 1}}).0, 52);
+    assert_eq!(error(base.clone(), doc! {"$set": {"b": {"$x": 1}}}).0, 52);
+    assert!(apply_with(&base, &doc! {"b": {"$ref": "c", "$id": 1}}, None, None).is_ok());
     assert_eq!(error(base.clone(), doc! {"$set": {"": 1}}).0, 56);
     assert_eq!(error(base.clone(), doc! {"$set": {"a..b": 1}}).0, 56);
     assert_eq!(error(base.clone(), doc! {"$set": {"a.b": 1}}).0, 28);
