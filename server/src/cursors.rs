@@ -19,7 +19,7 @@ pub trait CursorSource: Send {
     /// source is exhausted.
     fn next_batch(
         &mut self,
-        opctx: &mut OpCtx<'_>,
+        opctx: &OpCtx<'_>,
         batch_size: Option<u64>,
     ) -> Result<(Vec<Document>, bool)>;
 
@@ -48,7 +48,7 @@ pub const BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
 impl CursorSource for VecSource {
     fn next_batch(
         &mut self,
-        _opctx: &mut OpCtx<'_>,
+        _opctx: &OpCtx<'_>,
         batch_size: Option<u64>,
     ) -> Result<(Vec<Document>, bool)> {
         let mut batch = Vec::new();

@@ -14,7 +14,7 @@ async fn handshake_and_information() {
         .run_command(doc! {"hello": 1, "client": {"application": {"name": "test"}}})
         .await
         .unwrap();
-    assert_eq!(hello.get_bool("isWritablePrimary").unwrap(), true);
+    assert!(hello.get_bool("isWritablePrimary").unwrap());
     assert_eq!(
         hello.get_i32("maxBsonObjectSize").unwrap(),
         16 * 1024 * 1024
@@ -24,8 +24,8 @@ async fn handshake_and_information() {
         .run_command(doc! {"isMaster": 1, "helloOk": true})
         .await
         .unwrap();
-    assert_eq!(legacy.get_bool("ismaster").unwrap(), true);
-    assert_eq!(legacy.get_bool("helloOk").unwrap(), true);
+    assert!(legacy.get_bool("ismaster").unwrap());
+    assert!(legacy.get_bool("helloOk").unwrap());
     let build = admin.run_command(doc! {"buildInfo": 1}).await.unwrap();
     assert!(build.get_str("version").unwrap().starts_with("8."));
     assert_eq!(build.get_array("versionArray").unwrap().len(), 4);

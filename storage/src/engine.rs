@@ -424,6 +424,26 @@ impl Engine {
         self.inner.next_owner.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The collection at `ns` as of the newest visible commit (no snapshot needed: the catalog
+    /// mirror answers).
+    pub fn latest_collection(
+        &self,
+        ns: &cairn_types::Namespace,
+    ) -> Option<Arc<crate::CollectionMeta>> {
+        self.inner.catalog.read().lookup(ns, self.visible_timestamp())
+    }
+
+    /// The collection with this UUID as of the newest visible commit.
+    pub fn latest_collection_by_uuid(&self, uuid: &bson::Uuid) -> Option<Arc<crate::CollectionMeta>> {
+        let at = self.visible_timestamp();
+        self.inner.catalog.read().list(at).into_iter().find(|meta| meta.uuid == *uuid)
+    }
+
+    /// Every collection as of the newest visible commit.
+    pub fn latest_collections(&self) -> Vec<Arc<crate::CollectionMeta>> {
+        self.inner.catalog.read().list(self.visible_timestamp())
+    }
+
     /// The newest visible commit timestamp.
     pub fn visible_timestamp(&self) -> Timestamp {
         Timestamp::from_u64(self.inner.visible.load(Ordering::Acquire))

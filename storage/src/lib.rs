@@ -43,7 +43,7 @@ pub use backend::{Backend, CrashableMemory};
 pub use catalog::{CollectionMeta, IndexMeta};
 pub use config::{CommitMode, EngineConfig};
 pub use engine::{Engine, TimestampState};
-pub use snapshot::{ReadAt, ScanDirection, Snapshot};
+pub use snapshot::{OplogIter, ReadAt, ScanDirection, ScanIter, Snapshot};
 pub use stats::EngineStats;
 pub use write::{CommitInfo, Durability, KEY_SIZE_MAX_BYTES, VALUE_SIZE_MAX_BYTES, WriteUnit};
 

@@ -215,6 +215,19 @@ impl Snapshot {
         })
     }
 
+    /// Approximate size of table `ident`: `(current entries, stored bytes)`. Entries count
+    /// every key with a current version, including tombstones not yet collected and versions
+    /// newer than the read timestamp: for statistics, not for counting documents.
+    pub fn table_stats(&self, ident: u64) -> Result<(u64, u64), Error> {
+        use redb::ReadableTableMetadata;
+        let Some(tables) = self.tables(ident)? else {
+            return Ok((0, 0));
+        };
+        let entries = tables.current.len().map_err(|error| storage_error("table stats", error))?;
+        let stats = tables.current.stats().map_err(|error| storage_error("table stats", error))?;
+        Ok((entries, stats.stored_bytes()))
+    }
+
     /// The collection at `ns` as of the read timestamp.
     pub fn collection(&self, ns: &Namespace) -> Option<Arc<CollectionMeta>> {
         self.inner.catalog.read().lookup(ns, self.read_timestamp())

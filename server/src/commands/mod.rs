@@ -9,6 +9,9 @@
 
 mod admin;
 mod basic;
+mod ddl;
+pub(crate) mod read;
+pub(crate) mod write;
 
 use crate::node::{ClientInfo, NodeInner};
 use crate::opctx::OpCtx;
@@ -177,6 +180,30 @@ pub(crate) static COMMANDS: &[Command] = &[
     command("lockInfo", admin::lock_info, OpKind::Command),
     admin("fsync", admin::fsync),
     admin("fsyncUnlock", admin::fsync_unlock),
+    command("listDatabases", ddl::list_databases, OpKind::Command),
+    command("dropDatabase", ddl::drop_database, OpKind::Command),
+    on_collection("create", ddl::create, OpKind::Command),
+    on_collection("drop", ddl::drop, OpKind::Command),
+    command("listCollections", ddl::list_collections, OpKind::Command),
+    admin("renameCollection", ddl::rename_collection),
+    on_collection("createIndexes", ddl::create_indexes, OpKind::Command),
+    on_collection("listIndexes", ddl::list_indexes, OpKind::Command),
+    on_collection("dropIndexes", ddl::drop_indexes, OpKind::Command),
+    on_collection("deleteIndexes", ddl::drop_indexes, OpKind::Command),
+    on_collection("collStats", ddl::coll_stats, OpKind::Command),
+    command("dbStats", ddl::db_stats, OpKind::Command),
+    on_collection("insert", write::insert, OpKind::Insert),
+    on_collection("update", write::update, OpKind::Update),
+    on_collection("delete", write::delete, OpKind::Delete),
+    on_collection("findAndModify", write::find_and_modify, OpKind::Command),
+    on_collection("findandmodify", write::find_and_modify, OpKind::Command),
+    on_collection("find", read::find, OpKind::Query),
+    command("getMore", read::get_more, OpKind::GetMore),
+    on_collection("killCursors", read::kill_cursors, OpKind::Command),
+    on_collection("count", read::count, OpKind::Command),
+    on_collection("distinct", read::distinct, OpKind::Command),
+    on_collection("aggregate", read::aggregate, OpKind::Command),
+    command("explain", read::explain, OpKind::Command),
 ];
 
 /// Fields any command may carry.

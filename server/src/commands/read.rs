@@ -1,0 +1,556 @@
+//! Reads: find, getMore, killCursors, count, distinct, aggregate, explain.
+//!
+//! Every read takes IS on its collection, opens one snapshot, plans over the collection's ready
+//! indexes and runs the plan with yielding. A missing collection reads as empty. Results that do
+//! not fit the first batch stay in a server cursor for getMore.
+
+use super::{Request, type_name};
+use crate::cursors::{CursorSource, VecSource};
+use crate::exec::collection::Collection;
+use crate::exec::plan::{FIRST_BATCH_DOCUMENTS_DEFAULT, PlanExecutor, Target};
+use crate::opctx::OpCtx;
+use bson::{Bson, Document, doc};
+use cairn_locking::LockMode;
+use cairn_query::Matcher;
+use cairn_query::agg::pipeline::{Pipeline, PipelineSource};
+use cairn_query::commands::{
+    AggregateCommand, CountCommand, DistinctCommand, ExplainCommand, FindCommand,
+};
+use cairn_query::planner::{
+    CanonicalQuery, ExecutionSummary, PlannedQuery, StageName, Verbosity, plan,
+};
+use cairn_storage::{CollectionMeta, Engine, ReadAt, Snapshot};
+use cairn_types::{Error, ErrorCode, Namespace, Result, Timestamp};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The reply of a command that opens a cursor.
+pub(crate) fn cursor_reply(ns: &str, id: i64, batch: Vec<Document>, first: bool) -> Document {
+    let field = if first { "firstBatch" } else { "nextBatch" };
+    doc! {
+        "cursor": {field: batch, "id": id, "ns": ns},
+        "ok": 1.0,
+    }
+}
+
+/// Returns the first batch and keeps the rest in a cursor.
+pub(crate) fn first_batch(
+    opctx: &OpCtx<'_>,
+    ns: &str,
+    mut source: Box<dyn CursorSource>,
+    batch_size: Option<u64>,
+    single_batch: bool,
+    no_timeout: bool,
+) -> Result<Document> {
+    let (batch, exhausted) = source.next_batch(opctx, batch_size)?;
+    let id = if exhausted || single_batch {
+        0
+    } else {
+        crate::metrics::add(&opctx.node.metrics.cursors_opened, 1);
+        opctx
+            .node
+            .cursors
+            .register(ns.to_owned(), source, no_timeout)
+    };
+    Ok(cursor_reply(ns, id, batch, true))
+}
+
+/// A planned read of one collection.
+pub(crate) struct PlannedRead {
+    pub planned: PlannedQuery,
+    pub executor: Option<PlanExecutor>,
+}
+
+/// Plans `query` over the collection at `ns` as of `snapshot` (no executor when the collection
+/// does not exist).
+pub(crate) fn plan_read(
+    engine: &Engine,
+    snapshot: &Snapshot,
+    ns: &Namespace,
+    query: &CanonicalQuery,
+    allow_disk_use: bool,
+) -> Result<PlannedRead> {
+    let meta = snapshot.collection(ns);
+    let descriptors = match &meta {
+        Some(meta) => Collection::load(meta)?.descriptors(),
+        None => Collection::load(&empty_meta(ns))?.descriptors(),
+    };
+    let planned = plan(query, &descriptors)?;
+    let executor = match meta {
+        Some(meta) => Some(executor_for(
+            engine,
+            &meta,
+            snapshot.read_timestamp(),
+            &planned,
+            &query.filter,
+            allow_disk_use,
+        )?),
+        None => None,
+    };
+    Ok(PlannedRead { planned, executor })
+}
+
+fn empty_meta(ns: &Namespace) -> CollectionMeta {
+    CollectionMeta {
+        ns: ns.clone(),
+        uuid: bson::Uuid::from_bytes([0; 16]),
+        ident: 0,
+        options: Document::new(),
+        indexes: Vec::new(),
+    }
+}
+
+fn executor_for(
+    engine: &Engine,
+    meta: &Arc<CollectionMeta>,
+    read_ts: Timestamp,
+    planned: &PlannedQuery,
+    filter: &Matcher,
+    allow_disk_use: bool,
+) -> Result<PlanExecutor> {
+    let target = Target {
+        ns: meta.ns.clone(),
+        uuid: meta.uuid,
+        ident: meta.ident,
+    };
+    let idents = |name: &str| meta.index(name).map(|index| index.ident);
+    PlanExecutor::new(
+        engine.clone(),
+        target,
+        read_ts,
+        &planned.winning,
+        filter,
+        allow_disk_use,
+        &idents,
+    )
+}
+
+pub(crate) fn find(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Document> {
+    let command = FindCommand::parse(&request.body)?;
+    let ns = Namespace::new(request.db.clone(), command.collection.clone());
+    ns.validate().or_else(|error| {
+        if ns.is_system() || ns.db == "local" {
+            Ok(())
+        } else {
+            Err(error)
+        }
+    })?;
+    let query = command.to_query(&request.db)?;
+    let engine = opctx.node.engine.clone();
+    let read = {
+        let _lock = opctx.locker.lock_collection(&ns, LockMode::IS)?;
+        let snapshot = engine.snapshot(ReadAt::Latest)?;
+        plan_read(&engine, &snapshot, &ns, &query, command.allow_disk_use)?
+    };
+    let ns_text = ns.to_string();
+    let Some(executor) = read.executor else {
+        return Ok(cursor_reply(&ns_text, 0, Vec::new(), true));
+    };
+    opctx.set_plan_summary(executor.summary().to_owned());
+    let first = command.batch_size.unwrap_or(FIRST_BATCH_DOCUMENTS_DEFAULT);
+    first_batch(
+        opctx,
+        &ns_text,
+        Box::new(executor),
+        Some(first),
+        command.single_batch,
+        command.no_cursor_timeout,
+    )
+}
+
+pub(crate) fn get_more(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Document> {
+    super::check_known_fields(
+        &request.body,
+        "getMore",
+        &[
+            "collection",
+            "batchSize",
+            "term",
+            "lastKnownCommittedOpTime",
+        ],
+    )?;
+    let id = match request.target() {
+        Bson::Int64(id) => *id,
+        other => {
+            return Err(Error::new(
+                ErrorCode::TypeMismatch,
+                format!(
+                    "BSON field 'getMore.getMore' is the wrong type '{}', expected type 'long'",
+                    type_name(other)
+                ),
+            ));
+        }
+    };
+    let collection = match request.body.get("collection") {
+        Some(Bson::String(collection)) => collection.clone(),
+        Some(other) => {
+            return Err(Error::new(
+                ErrorCode::TypeMismatch,
+                format!(
+                    "BSON field 'getMore.collection' is the wrong type '{}', expected type 'string'",
+                    type_name(other)
+                ),
+            ));
+        }
+        None => {
+            return Err(Error::new(
+                ErrorCode::Location(40414),
+                "BSON field 'getMore.collection' is missing but a required field",
+            ));
+        }
+    };
+    let batch_size = match super::optional_i64(&request.body, "getMore", "batchSize")? {
+        Some(size) if size < 0 => {
+            return Err(Error::new(
+                ErrorCode::BadValue,
+                format!("Batch size for getMore must be non-negative, but received: {size}"),
+            ));
+        }
+        Some(0) | None => None,
+        Some(size) => Some(size as u64),
+    };
+    let ns = format!("{}.{collection}", request.db);
+    let mut source = opctx.node.cursors.check_out(id, &ns)?;
+    if let Some(summary) = source.plan_summary() {
+        opctx.set_plan_summary(summary);
+    }
+    match source.next_batch(opctx, batch_size) {
+        Ok((batch, exhausted)) => {
+            if exhausted {
+                opctx.node.cursors.remove(id);
+                Ok(cursor_reply(&ns, 0, batch, false))
+            } else {
+                opctx.node.cursors.check_in(id, source);
+                Ok(cursor_reply(&ns, id, batch, false))
+            }
+        }
+        Err(error) => {
+            opctx.node.cursors.remove(id);
+            Err(error)
+        }
+    }
+}
+
+pub(crate) fn kill_cursors(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Document> {
+    let ns = request.namespace()?;
+    let ids = match request.body.get("cursors") {
+        Some(Bson::Array(ids)) => ids
+            .iter()
+            .map(|id| match id {
+                Bson::Int64(id) => Ok(*id),
+                Bson::Int32(id) => Ok(*id as i64),
+                other => Err(Error::new(
+                    ErrorCode::TypeMismatch,
+                    format!("BSON field 'killCursors.cursors' contains a value of type '{}', expected type 'long'", type_name(other)),
+                )),
+            })
+            .collect::<Result<Vec<_>>>()?,
+        Some(other) => {
+            return Err(Error::new(
+                ErrorCode::TypeMismatch,
+                format!("BSON field 'killCursors.cursors' is the wrong type '{}', expected type 'array'", type_name(other)),
+            ));
+        }
+        None => return Err(Error::new(ErrorCode::Location(40414), "BSON field 'killCursors.cursors' is missing but a required field")),
+    };
+    let outcome = opctx.node.cursors.kill(&ns.to_string(), &ids);
+    Ok(doc! {
+        "cursorsKilled": outcome.killed,
+        "cursorsNotFound": outcome.not_found,
+        "cursorsAlive": outcome.alive,
+        "cursorsUnknown": Vec::<i64>::new(),
+        "ok": 1.0,
+    })
+}
+
+/// Runs a read to the end under IS, returning every result and the executor's counters.
+fn run_to_end(
+    opctx: &OpCtx<'_>,
+    ns: &Namespace,
+    query: &CanonicalQuery,
+) -> Result<(Vec<Document>, Option<PlanExecutor>, PlannedQuery)> {
+    let engine = opctx.node.engine.clone();
+    let _lock = opctx.locker.lock_collection(ns, LockMode::IS)?;
+    let snapshot = engine.snapshot(ReadAt::Latest)?;
+    let read = plan_read(&engine, &snapshot, ns, query, false)?;
+    drop(snapshot);
+    let mut executor = read.executor;
+    let results = match executor.as_mut() {
+        Some(executor) => {
+            opctx.set_plan_summary(executor.summary().to_owned());
+            executor.collect_all(Some(&opctx.locker))?
+        }
+        None => Vec::new(),
+    };
+    Ok((results, executor, read.planned))
+}
+
+pub(crate) fn count(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Document> {
+    let command = CountCommand::parse(&request.body)?;
+    let ns = Namespace::new(request.db.clone(), command.collection.clone());
+    let query = command.to_query(&request.db)?;
+    let (results, _, _) = run_to_end(opctx, &ns, &query)?;
+    Ok(doc! {"n": results.len() as i64, "ok": 1.0})
+}
+
+pub(crate) fn distinct(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Document> {
+    let command = DistinctCommand::parse(&request.body)?;
+    let ns = Namespace::new(request.db.clone(), command.collection.clone());
+    let query = command.to_query(&request.db)?;
+    let (results, _, _) = run_to_end(opctx, &ns, &query)?;
+    let values = cairn_query::agg::pipeline::distinct_values(results.iter(), &command.key);
+    Ok(doc! {"values": values, "ok": 1.0})
+}
+
+/// `$lookup`'s reads: other collections of the database, at the aggregation's read timestamp,
+/// under the locks the aggregation took at its start.
+struct LookupSource<'a> {
+    engine: &'a Engine,
+    db: &'a str,
+    read_ts: Timestamp,
+}
+
+impl PipelineSource for LookupSource<'_> {
+    fn find(&mut self, collection: &str, filter: &Document) -> Result<Vec<Document>> {
+        let ns = Namespace::new(self.db, collection);
+        let snapshot = match self.engine.snapshot(ReadAt::Timestamp(self.read_ts)) {
+            Ok(snapshot) => snapshot,
+            Err(error) if error.code == ErrorCode::SnapshotTooOld => {
+                self.engine.snapshot(ReadAt::Latest)?
+            }
+            Err(error) => return Err(error),
+        };
+        let query = CanonicalQuery::new(&ns.to_string(), Matcher::parse(filter)?);
+        let read = plan_read(self.engine, &snapshot, &ns, &query, false)?;
+        drop(snapshot);
+        match read.executor {
+            Some(mut executor) => executor.collect_all(None),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// Plans the aggregation's input from the pipeline's leading `$match`/`$sort`/`$limit`.
+fn aggregation_input(
+    ns: &Namespace,
+    pipeline: &Pipeline,
+    command: &AggregateCommand,
+) -> Result<(CanonicalQuery, usize)> {
+    let pushdown = pipeline.pushdown();
+    let mut query = CanonicalQuery::new(&ns.to_string(), Matcher::parse(&pushdown.filter)?);
+    if let Some(sort) = pushdown.sort {
+        query.sort = sort;
+    }
+    query.limit = pushdown.limit;
+    query.hint = command.hint.clone();
+    Ok((query, pushdown.stages_consumed))
+}
+
+pub(crate) fn aggregate(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Document> {
+    let command = AggregateCommand::parse(&request.body)?;
+    let pipeline = command.to_pipeline()?;
+    let Some(collection) = command.collection.clone() else {
+        return Err(Error::new(
+            ErrorCode::InvalidNamespace,
+            "{aggregate: 1} is not supported by cairn: name a collection",
+        ));
+    };
+    let ns = Namespace::new(request.db.clone(), collection);
+    let (query, consumed) = aggregation_input(&ns, &pipeline, &command)?;
+    let engine = opctx.node.engine.clone();
+    // IS on the collection and on every collection $lookup reads, taken up front.
+    let _lock = opctx.locker.lock_collection(&ns, LockMode::IS)?;
+    let mut foreign_locks = Vec::new();
+    for foreign in &pipeline.sources {
+        if let Ok(name) = foreign.get_str("coll").or_else(|_| foreign.get_str("from")) {
+            foreign_locks.push(
+                opctx
+                    .locker
+                    .lock_collection(&Namespace::new(request.db.clone(), name), LockMode::IS)?,
+            );
+        }
+    }
+    let snapshot = engine.snapshot(ReadAt::Latest)?;
+    let read_ts = snapshot.read_timestamp();
+    let read = plan_read(&engine, &snapshot, &ns, &query, command.allow_disk_use)?;
+    drop(snapshot);
+    if command.explain {
+        let mut explain = read.planned.explain(Verbosity::QueryPlanner, None);
+        explain.insert("pipeline", pipeline_stages(&request.body));
+        explain.insert("ok", 1.0);
+        return Ok(explain);
+    }
+    let mut executor = read.executor;
+    if let Some(executor) = &executor {
+        opctx.set_plan_summary(executor.summary().to_owned());
+    }
+    let locker = &opctx.locker;
+    let input: Box<dyn Iterator<Item = Result<Document>>> = match executor.as_mut() {
+        Some(executor) => Box::new(ExecutorStream {
+            executor,
+            locker,
+            buffer: std::collections::VecDeque::new(),
+            failed: false,
+        }),
+        None => Box::new(std::iter::empty()),
+    };
+    let mut source = LookupSource {
+        engine: &engine,
+        db: &request.db,
+        read_ts,
+    };
+    let results: Vec<Document> = pipeline
+        .execute(consumed, input, &mut source)
+        .collect::<Result<_>>()?;
+    drop(foreign_locks);
+    let ns_text = ns.to_string();
+    first_batch(
+        opctx,
+        &ns_text,
+        Box::new(VecSource::new(results)),
+        command.batch_size.or(Some(FIRST_BATCH_DOCUMENTS_DEFAULT)),
+        false,
+        false,
+    )
+}
+
+fn pipeline_stages(body: &Document) -> Bson {
+    body.get("pipeline")
+        .cloned()
+        .unwrap_or(Bson::Array(Vec::new()))
+}
+
+/// An executor as an iterator of documents, pulling batches (with yields) as needed.
+struct ExecutorStream<'a> {
+    executor: &'a mut PlanExecutor,
+    locker: &'a cairn_locking::Locker,
+    buffer: std::collections::VecDeque<Document>,
+    failed: bool,
+}
+
+/// Documents pulled from the plan per batch while feeding a pipeline.
+const PIPELINE_INPUT_BATCH_DOCUMENTS: u64 = 1024;
+
+impl Iterator for ExecutorStream<'_> {
+    type Item = Result<Document>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        loop {
+            if let Some(document) = self.buffer.pop_front() {
+                return Some(Ok(document));
+            }
+            if self.executor.is_exhausted() {
+                return None;
+            }
+            match self
+                .executor
+                .next_batch_with(Some(self.locker), PIPELINE_INPUT_BATCH_DOCUMENTS)
+            {
+                Ok(batch) => self.buffer.extend(batch),
+                Err(error) => {
+                    self.failed = true;
+                    return Some(Err(error));
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn explain(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Document> {
+    let command = ExplainCommand::parse(&request.body)?;
+    let inner = &command.command;
+    let started = Instant::now();
+    let (ns, query, allow_disk_use) = match command.command_name() {
+        "find" => {
+            let find = FindCommand::parse(inner)?;
+            (
+                Namespace::new(request.db.clone(), find.collection.clone()),
+                find.to_query(&request.db)?,
+                find.allow_disk_use,
+            )
+        }
+        "count" => {
+            let count = CountCommand::parse(inner)?;
+            (
+                Namespace::new(request.db.clone(), count.collection.clone()),
+                count.to_query(&request.db)?,
+                false,
+            )
+        }
+        "distinct" => {
+            let distinct = DistinctCommand::parse(inner)?;
+            (
+                Namespace::new(request.db.clone(), distinct.collection.clone()),
+                distinct.to_query(&request.db)?,
+                false,
+            )
+        }
+        "aggregate" => {
+            let aggregate = AggregateCommand::parse(inner)?;
+            let pipeline = aggregate.to_pipeline()?;
+            let collection = aggregate.collection.clone().ok_or_else(|| {
+                Error::new(
+                    ErrorCode::InvalidNamespace,
+                    "{aggregate: 1} is not supported by cairn: name a collection",
+                )
+            })?;
+            let ns = Namespace::new(request.db.clone(), collection);
+            let (query, _) = aggregation_input(&ns, &pipeline, &aggregate)?;
+            (ns, query, aggregate.allow_disk_use)
+        }
+        other => {
+            return Err(Error::new(
+                ErrorCode::CommandNotSupported,
+                format!(
+                    "explain of {other} is not supported by cairn (find, count, distinct and aggregate are)"
+                ),
+            ));
+        }
+    };
+    let engine = opctx.node.engine.clone();
+    let _lock = opctx.locker.lock_collection(&ns, LockMode::IS)?;
+    let snapshot = engine.snapshot(ReadAt::Latest)?;
+    let mut read = plan_read(&engine, &snapshot, &ns, &query, allow_disk_use)?;
+    drop(snapshot);
+    let summary = if command.verbosity == Verbosity::QueryPlanner {
+        None
+    } else {
+        let (returned, stats) = match read.executor.as_mut() {
+            Some(executor) => {
+                let results = executor.collect_all(Some(&opctx.locker))?;
+                (results.len() as u64, executor.stats)
+            }
+            None => (0, crate::exec::plan::ExecStats::default()),
+        };
+        let winning = &mut read.planned.winning;
+        if let Some(stage) = winning.stats_mut(StageName::IxScan) {
+            stage.keys_examined = stats.keys_examined;
+        }
+        if let Some(stage) = winning.stats_mut(StageName::Fetch) {
+            stage.docs_examined = stats.docs_examined;
+        }
+        if let Some(stage) = winning.stats_mut(StageName::CollScan) {
+            stage.docs_examined = stats.docs_examined;
+        }
+        Some(ExecutionSummary {
+            n_returned: returned,
+            execution_time_millis: started.elapsed().as_millis() as u64,
+            num_yields: stats.yields,
+        })
+    };
+    let mut reply = read.planned.explain(command.verbosity, summary.as_ref());
+    reply.insert("command", inner.clone());
+    reply.insert(
+        "serverInfo",
+        doc! {
+            "host": super::basic::hostname(),
+            "port": opctx.node.config.port as i32,
+            "version": crate::node::MONGODB_COMPATIBLE_VERSION,
+        },
+    );
+    reply.insert("ok", 1.0);
+    Ok(reply)
+}
