@@ -745,6 +745,17 @@ impl Locker {
         }
     }
 
+    fn find_held_head(&self, head: &LockHead) -> Option<usize> {
+        let inner = self.inner();
+        let address = head.address();
+        let held = self.held.borrow();
+        held.iter().position(|entry| {
+            entry
+                .as_ref()
+                .is_some_and(|e| e.head.get(inner).address() == address)
+        })
+    }
+
     fn find_held(&self, target: Target<'_>) -> Option<usize> {
         let held = self.held.borrow();
         held.iter()
@@ -799,7 +810,12 @@ impl Locker {
         self.check_killed()?;
         let kind = target.resource_type();
         self.shared.stats.record_acquire(kind, mode);
-        if let Some(index) = self.find_held(target) {
+        // A head already looked up is found by address (one head per resource), else by name.
+        let found = match &resolved {
+            Some(head) => self.find_held_head(head.get(self.inner())),
+            None => self.find_held(target),
+        };
+        if let Some(index) = found {
             let (held_mode, in_manager) = {
                 let held = self.held.borrow();
                 let entry = held[index].as_ref().expect("found entry");
