@@ -290,7 +290,7 @@ pub(crate) fn count(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Document
     let ns = Namespace::new(request.db.clone(), command.collection.clone());
     let query = command.to_query(&request.db)?;
     let (results, _, _) = run_to_end(opctx, &ns, &query)?;
-    Ok(doc! {"n": results.len() as i64, "ok": 1.0})
+    Ok(doc! {"n": super::write::count_value(results.len() as u64), "ok": 1.0})
 }
 
 pub(crate) fn distinct(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Document> {

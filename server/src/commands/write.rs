@@ -242,6 +242,11 @@ fn acknowledge(opctx: &OpCtx<'_>, concern: WriteConcern, wrote: bool) -> Result<
     Ok(())
 }
 
+/// A count as MongoDB replies it: an int32, or an int64 past its range.
+pub(crate) fn count_value(count: u64) -> Bson {
+    i32::try_from(count).map_or(Bson::Int64(count as i64), Bson::Int32)
+}
+
 fn write_errors_reply(mut reply: Document, errors: Vec<Document>) -> Document {
     if !errors.is_empty() {
         reply.insert("writeErrors", errors);
@@ -420,7 +425,10 @@ pub(crate) fn insert(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Documen
     }
     crate::metrics::add(&opctx.node.metrics.documents_inserted, inserted);
     acknowledge(opctx, concern, inserted > 0)?;
-    Ok(write_errors_reply(doc! {"n": inserted as i64}, errors))
+    Ok(write_errors_reply(
+        doc! {"n": count_value(inserted)},
+        errors,
+    ))
 }
 
 /// Errors that end the whole command rather than one statement (the operation was killed,
@@ -707,7 +715,10 @@ pub(crate) fn update(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Documen
         }
     }
     acknowledge(opctx, concern, modified > 0 || !upserted.is_empty())?;
-    let mut reply = doc! {"n": matched + upserted.len() as i64, "nModified": modified};
+    let mut reply = doc! {
+        "n": count_value((matched + upserted.len() as i64) as u64),
+        "nModified": count_value(modified as u64),
+    };
     if !upserted.is_empty() {
         reply.insert("upserted", upserted);
     }
@@ -825,7 +836,10 @@ pub(crate) fn delete(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Documen
         }
     }
     acknowledge(opctx, concern, deleted > 0)?;
-    Ok(write_errors_reply(doc! {"n": deleted}, errors))
+    Ok(write_errors_reply(
+        doc! {"n": count_value(deleted as u64)},
+        errors,
+    ))
 }
 
 fn project(
