@@ -189,3 +189,36 @@ async fn many_concurrent_clients() {
     );
     node.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_multi_update_yields_to_a_drop() {
+    let (node, client) = common::start().await;
+    let db = client.database("test");
+    let coll = db.collection::<Document>("big");
+    for chunk in 0..20 {
+        coll.insert_many((0..1000).map(|i| doc! {"_id": chunk * 1000 + i, "v": 0}))
+            .await
+            .unwrap();
+    }
+    let updater = {
+        let coll = coll.clone();
+        tokio::spawn(async move { coll.update_many(doc! {}, doc! {"$inc": {"v": 1}}).await })
+    };
+    // Let the update get going, then drop the collection under it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    db.run_command(doc! {"drop": "big"}).await.unwrap();
+    let drop_took = started.elapsed();
+    match updater.await.unwrap() {
+        Err(error) => assert_eq!(error.code(), Some(175), "{error}"),
+        Ok(result) => panic!(
+            "the update finished ({} matched) before the drop; make the collection bigger",
+            result.matched_count
+        ),
+    }
+    assert!(
+        drop_took < Duration::from_secs(5),
+        "the drop waited {drop_took:?}: the update did not yield"
+    );
+    node.stop().await.unwrap();
+}

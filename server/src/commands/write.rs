@@ -14,10 +14,11 @@ use super::{Request, check_known_fields, type_name};
 use crate::exec::collection::{
     Collection, check_user_document, decode_document, document_id_key, with_id_first,
 };
-use crate::exec::plan::{PlanExecutor, Target};
+use crate::exec::plan::{PlanExecutor, StillThere, Target};
 use crate::opctx::OpCtx;
 use bson::{Bson, Document, doc};
 use cairn_locking::LockMode;
+use cairn_locking::YieldPolicy;
 use cairn_query::Matcher;
 use cairn_query::commands::{DeleteCommand, FindAndModifyCommand, UpdateCommand};
 use cairn_query::planner::{CanonicalQuery, Hint, plan};
@@ -630,11 +631,24 @@ fn run_update_statement(
         hint.clone(),
     );
     let mut attempts = 0;
+    let target = Target {
+        ns: meta.ns.clone(),
+        uuid: meta.uuid,
+        ident: meta.ident,
+    };
+    let mut policy = YieldPolicy::for_locker(&opctx.locker);
     loop {
         let candidates = matching_ids(opctx, &meta, &query)?;
         let mut raced = false;
         for id_key in &candidates {
             opctx.check_interrupt()?;
+            if policy.should_yield() {
+                // Between documents: let DDL and others in, then check the collection is there.
+                policy.yield_now(
+                    &opctx.locker,
+                    &mut StillThere::collection(&opctx.node.engine, &target),
+                )?;
+            }
             let mut check = || opctx.check_interrupt();
             let (touched, _) = write_conflict_retry(
                 &opctx.node.engine,
@@ -745,11 +759,23 @@ fn run_delete_statement(
     );
     let mut deleted = 0;
     let mut attempts = 0;
+    let target = Target {
+        ns: meta.ns.clone(),
+        uuid: meta.uuid,
+        ident: meta.ident,
+    };
+    let mut policy = YieldPolicy::for_locker(&opctx.locker);
     loop {
         let candidates = matching_ids(opctx, &meta, &query)?;
         let mut raced = false;
         for id_key in &candidates {
             opctx.check_interrupt()?;
+            if policy.should_yield() {
+                policy.yield_now(
+                    &opctx.locker,
+                    &mut StillThere::collection(&opctx.node.engine, &target),
+                )?;
+            }
             let mut check = || opctx.check_interrupt();
             let (removed, _) = write_conflict_retry(
                 &opctx.node.engine,

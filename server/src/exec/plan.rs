@@ -86,11 +86,22 @@ pub struct PlanExecutor {
     summary: String,
 }
 
-/// What a yield re-checks: the collection (by UUID) and the index still exist.
-struct StillThere<'a> {
+/// What a yield re-checks: the collection (by UUID) and the indexes still exist.
+pub struct StillThere<'a> {
     engine: &'a Engine,
     target: &'a Target,
     index_names: &'a [String],
+}
+
+impl<'a> StillThere<'a> {
+    /// Checks only the collection (a multi-document write between its documents).
+    pub fn collection(engine: &'a Engine, target: &'a Target) -> StillThere<'a> {
+        StillThere {
+            engine,
+            target,
+            index_names: &[],
+        }
+    }
 }
 
 impl Yieldable for StillThere<'_> {
