@@ -31,6 +31,9 @@ impl CairnService {
 pub struct CountedStream {
     stream: TcpStream,
     guard: Arc<ConnectionGuard>,
+    /// Bytes already taken off the stream (by protocol detection), read again first.
+    prefix: Vec<u8>,
+    prefix_read: usize,
 }
 
 impl CountedStream {
@@ -39,9 +42,16 @@ impl CountedStream {
             .peer_addr()
             .map(|address| address.to_string())
             .unwrap_or_default();
+        CountedStream::from_parts(stream, node.connection_opened(remote), Vec::new())
+    }
+
+    /// A connection already counted, whose first bytes `prefix` were already read.
+    pub fn from_parts(stream: TcpStream, guard: ConnectionGuard, prefix: Vec<u8>) -> CountedStream {
         CountedStream {
             stream,
-            guard: Arc::new(node.connection_opened(remote)),
+            guard: Arc::new(guard),
+            prefix,
+            prefix_read: 0,
         }
     }
 }
@@ -70,7 +80,15 @@ impl AsyncRead for CountedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        if this.prefix_read < this.prefix.len() {
+            let rest = &this.prefix[this.prefix_read..];
+            let count = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..count]);
+            this.prefix_read += count;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 

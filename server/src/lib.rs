@@ -1,14 +1,15 @@
 //! cairn-server: a cairn node (binary `cairnd`).
 //!
 //! [`Node`] wires the storage engine, the lock manager and the query layer together and runs
-//! MongoDB's commands ([`Node::run_command`]); [`serve`] puts it on the network over gRPC
-//! (`cairn.v1.Cairn/RunCommand`). Modules:
+//! MongoDB's commands ([`Node::run_command`]); [`serve`] puts it on the network, gRPC
+//! (`cairn.v1.Cairn/RunCommand`) and MongoDB's wire protocol on the same port. Modules:
 //! - `node`: the node, its operation table and connections;
 //! - `opctx`: one running operation (locker, deadline, currentOp entry);
 //! - `commands`: the dispatcher and every command;
 //! - `exec`: collections (documents and index maintenance), plan execution with yielding;
 //! - `cursors`: server cursors for getMore;
-//! - `grpc`: the transport;
+//! - `grpc`: the gRPC transport;
+//! - `wire`: the MongoDB wire protocol transport (OP_MSG, OP_QUERY handshake);
 //! - `config`: flags and the config file.
 
 pub mod commands;
@@ -19,6 +20,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod node;
 pub mod opctx;
+pub mod wire;
 
 pub use config::{Arguments, LogFormat, NodeConfig};
 pub use node::{ClientInfo, Node};
@@ -43,47 +45,131 @@ pub async fn bind(config: &NodeConfig) -> anyhow::Result<Vec<tokio::net::TcpList
     Ok(listeners)
 }
 
-/// Serves the node on the given listeners until `shutdown` completes.
+/// How many accepted gRPC connections may wait for the gRPC server to take them.
+const GRPC_HANDOFF_QUEUE_MAX: usize = 128;
+/// Pause after a failed accept (out of file descriptors, say) before the next one.
+const ACCEPT_RETRY_DELAY_MS: u64 = 100;
+
+/// Serves the node on the given listeners until `shutdown` completes: gRPC and MongoDB's wire
+/// protocol on the same ports. The first bytes of a connection decide
+/// ([`wire::is_http2_preface`]): gRPC connections go to the one tonic server, the others are
+/// served by [`wire`] on tasks of their own. On shutdown, listening stops, idle connections
+/// close, running wire commands are interrupted and answered, and gRPC drains.
 pub async fn serve(
     node: Node,
     listeners: Vec<tokio::net::TcpListener>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (stop_sender, _) = tokio::sync::broadcast::channel::<()>(1);
-    let mut servers = Vec::new();
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    let (grpc_sender, grpc_receiver) = tokio::sync::mpsc::channel(GRPC_HANDOFF_QUEUE_MAX);
+    let mut accepters = Vec::new();
     for listener in listeners {
-        let node = node.clone();
-        let mut stop = stop_sender.subscribe();
-        servers.push(tokio::spawn(async move {
-            let counting_node = node.clone();
-            let incoming = async_stream_incoming(listener, counting_node);
-            tonic::transport::Server::builder()
-                .add_service(cairn_proto::server(grpc::CairnService::new(node)))
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop.recv().await;
-                })
-                .await
-        }));
+        accepters.push(tokio::spawn(accept_connections(
+            listener,
+            node.clone(),
+            grpc_sender.clone(),
+            stop.clone(),
+        )));
     }
+    drop(grpc_sender);
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::ReceiverStream::new(grpc_receiver),
+        Ok::<_, std::io::Error>,
+    );
+    let mut grpc_stop = stop.clone();
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(cairn_proto::server(grpc::CairnService::new(node)))
+            .serve_with_incoming_shutdown(incoming, async move {
+                wire::stopped(&mut grpc_stop).await;
+            }),
+    );
     shutdown.await;
-    let _ = stop_sender.send(());
-    for server in servers {
-        server.await??;
+    let _ = stop_sender.send(true);
+    for accepter in accepters {
+        accepter.await?;
     }
+    grpc.await??;
     Ok(())
 }
 
-/// Accepted TCP connections, counted.
-fn async_stream_incoming(
+/// Accepts connections on one listener until the stop signal, then waits for the connections
+/// it started to end.
+async fn accept_connections(
     listener: tokio::net::TcpListener,
     node: Node,
-) -> impl tokio_stream::Stream<Item = std::io::Result<grpc::CountedStream>> {
-    let accepted = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tokio_stream::StreamExt::map(accepted, move |stream| {
-        let stream = stream?;
-        let _ = stream.set_nodelay(true);
-        Ok(grpc::CountedStream::new(stream, &node))
-    })
+    grpc: tokio::sync::mpsc::Sender<grpc::CountedStream>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut connections = tokio::task::JoinSet::new();
+    let mut stopping = stop.clone();
+    loop {
+        tokio::select! {
+            biased;
+            _ = wire::stopped(&mut stopping) => break,
+            Some(ended) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(error) = ended {
+                    tracing::error!(%error, "a connection task failed");
+                }
+            }
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot accept a connection");
+                        tokio::time::sleep(std::time::Duration::from_millis(ACCEPT_RETRY_DELAY_MS)).await;
+                        continue;
+                    }
+                };
+                let open = node
+                    .inner()
+                    .connections_current
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if open >= u64::from(node.config().connections_max) {
+                    tracing::warn!(%peer, open, "connection refused because too many open connections");
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                let guard = node.connection_opened(peer.to_string());
+                connections.spawn(route_connection(stream, guard, node.clone(), grpc.clone(), stop.clone()));
+            }
+        }
+    }
+    drop(listener);
+    while let Some(ended) = connections.join_next().await {
+        if let Err(error) = ended {
+            tracing::error!(%error, "a connection task failed");
+        }
+    }
+}
+
+/// Reads a connection's first bytes and hands it to gRPC or serves it as a wire connection.
+async fn route_connection(
+    mut stream: tokio::net::TcpStream,
+    guard: node::ConnectionGuard,
+    node: Node,
+    grpc: tokio::sync::mpsc::Sender<grpc::CountedStream>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut first = [0u8; wire::PROTOCOL_DETECTION_BYTES];
+    let read = tokio::select! {
+        biased;
+        _ = wire::stopped(&mut stop) => return,
+        read = stream.read_exact(&mut first) => read,
+    };
+    if let Err(error) = read {
+        tracing::debug!(peer = %guard.client().remote, %error, "connection closed before its first bytes");
+        return;
+    }
+    if wire::is_http2_preface(&first) {
+        let counted = grpc::CountedStream::from_parts(stream, guard, first.to_vec());
+        if grpc.send(counted).await.is_err() {
+            tracing::debug!("gRPC server stopped: connection dropped");
+        }
+    } else {
+        wire::serve_connection(stream, guard, first.to_vec(), node, stop).await;
+    }
 }
 
 /// A node serving on loopback in this process (the shell's embedded default, tests).
