@@ -112,6 +112,8 @@ fn parameters(opctx: &OpCtx<'_>) -> Document {
         "syncdelay": config.checkpoint_interval_secs as i32,
         "maxIncomingConnections": config.connections_max as i32,
         "logLevel": config.verbosity as i32,
+        // mongosh's db.getLogComponents().
+        "logComponentVerbosity": {"verbosity": config.verbosity as i32},
     }
 }
 
