@@ -36,13 +36,37 @@ pub async fn bind(config: &NodeConfig) -> anyhow::Result<Vec<tokio::net::TcpList
         } else {
             format!("{ip}:{}", config.port)
         };
-        let listener = tokio::net::TcpListener::bind(&address)
+        let listener = listen(&address)
             .await
             .map_err(|error| anyhow::anyhow!("cannot listen on {address}: {error}"))?;
         tracing::info!(address = %listener.local_addr()?, "waiting for connections");
         listeners.push(listener);
     }
     Ok(listeners)
+}
+
+/// Connections the kernel queues for accept (capped by net.core.somaxconn). A burst of new
+/// clients beyond the queue would be dropped or reset, so it is as large as the kernel allows
+/// by default (mongod uses SOMAXCONN too).
+const LISTEN_BACKLOG: u32 = 4096;
+
+async fn listen(address: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last_error = None;
+    for resolved in tokio::net::lookup_host(address).await? {
+        let socket = if resolved.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(resolved) {
+            Ok(()) => return socket.listen(LISTEN_BACKLOG),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no address to listen on")
+    }))
 }
 
 /// How many accepted gRPC connections may wait for the gRPC server to take them.
