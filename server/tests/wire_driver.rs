@@ -299,3 +299,24 @@ async fn an_idle_driver_does_not_spin_its_monitor() {
     );
     node.stop().await.unwrap();
 }
+
+/// The Rust example of docs/tools.md, as written there (with the node's address for
+/// `localhost:27027`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tools_page_example() {
+    let node = start().await;
+    let uri = format!("mongodb://{}", node.address);
+    let result: mongodb::error::Result<()> = async {
+        use mongodb::{Client, bson::Document, bson::doc};
+        let client = Client::with_uri_str(&uri).await?;
+        let items = client.database("shop").collection::<Document>("items");
+        items.insert_one(doc! {"name": "pear", "qty": 3}).await?;
+        let pear = items.find_one(doc! {"name": "pear"}).await?;
+        println!("{pear:?}");
+        assert_eq!(pear.unwrap().get_i32("qty").ok(), Some(3));
+        Ok(())
+    }
+    .await;
+    result.unwrap();
+    node.stop().await.unwrap();
+}
