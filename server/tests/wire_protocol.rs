@@ -1,7 +1,7 @@
 //! MongoDB's wire protocol on a cairn node, byte by byte: the OP_QUERY handshake, OP_MSG flag
 //! bits (moreToCome, checksumPresent), document sequences, awaitable hello, bad input (closed
 //! connections or `{ok: 0}` replies, never a crash, other clients unaffected), a client that
-//! leaves mid-command, and shutdown.
+//! leaves mid-command, cursors shared with gRPC, hundreds of concurrent clients, and shutdown.
 
 use bson::{Bson, Document, doc};
 use cairn_server::wire::frame::{self, Message, op_code};
@@ -517,4 +517,87 @@ async fn shutdown_closes_wire_connections() {
     let mut sink = Vec::new();
     let read = tokio::time::timeout(REPLY_TIMEOUT, silent.read_to_end(&mut sink)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursors_are_shared_by_both_transports() {
+    let node = start().await;
+    let mut raw = Raw::connect(node.address).await;
+    let documents: Vec<Document> = (0..10).map(|i| doc! {"_id": i}).collect();
+    let reply = raw
+        .command_with(
+            0,
+            doc! {"insert": "c", "$db": "app"},
+            &[("documents", &documents)],
+        )
+        .await;
+    assert_eq!(reply.get_i32("n").ok(), Some(10), "{reply}");
+    // Opened over gRPC ...
+    let grpc = cairn_driver::Client::connect(&format!("cairn://{}", node.address))
+        .await
+        .unwrap();
+    let reply = grpc
+        .database("app")
+        .run_command(doc! {"find": "c", "sort": {"_id": 1}, "batchSize": 4})
+        .await
+        .unwrap();
+    let cursor = reply.get_document("cursor").unwrap();
+    let id = cursor.get_i64("id").unwrap();
+    assert_ne!(id, 0);
+    // ... continued over the wire protocol, with the same int64 id.
+    let reply = raw
+        .command(doc! {"getMore": id, "collection": "c", "$db": "app"})
+        .await;
+    let next = reply
+        .get_document("cursor")
+        .unwrap()
+        .get_array("nextBatch")
+        .unwrap();
+    assert_eq!(
+        next.first(),
+        Some(&Bson::Document(doc! {"_id": 4})),
+        "{reply}"
+    );
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_concurrent_wire_clients() {
+    /// Connections open at once.
+    const CLIENTS: usize = 400;
+    let node = start().await;
+    let address = node.address;
+    let mut tasks = Vec::new();
+    for client in 0..CLIENTS {
+        tasks.push(tokio::spawn(async move {
+            let mut raw = Raw::connect(address).await;
+            let reply = raw
+                .command(doc! {"insert": "c", "$db": "app", "documents": [{"_id": client as i64}]})
+                .await;
+            assert_eq!(reply.get_i32("n").ok(), Some(1), "{reply}");
+            assert!(ok(&raw.command(doc! {"ping": 1, "$db": "admin"}).await));
+            raw
+        }));
+    }
+    let mut open = Vec::new();
+    for task in tasks {
+        open.push(task.await.unwrap());
+    }
+    let reply = open[0]
+        .command(doc! {"serverStatus": 1, "$db": "admin"})
+        .await;
+    let current = reply
+        .get_document("connections")
+        .unwrap()
+        .get("current")
+        .cloned();
+    assert!(
+        matches!(current, Some(Bson::Int64(n)) if n >= CLIENTS as i64)
+            || matches!(current, Some(Bson::Int32(n)) if n >= CLIENTS as i32),
+        "{current:?}"
+    );
+    let reply = open[1].command(doc! {"count": "c", "$db": "app"}).await;
+    assert_eq!(reply.get_i32("n").ok(), Some(CLIENTS as i32), "{reply}");
+    drop(open);
+    node.stop().await.unwrap();
 }
