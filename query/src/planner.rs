@@ -241,20 +241,20 @@ impl PlanStage {
     pub fn render(&self, stats: bool) -> Document {
         let mut document = bson::doc! {"stage": self.name.as_str()};
         if stats {
-            document.insert("nReturned", self.stats.n_returned as i64);
+            document.insert("nReturned", explain_number(self.stats.n_returned));
             document.insert(
                 "executionTimeMillisEstimate",
-                self.stats.execution_time_millis as i64,
+                explain_number(self.stats.execution_time_millis),
             );
-            document.insert("works", self.stats.works as i64);
-            document.insert("advanced", self.stats.advanced as i64);
+            document.insert("works", explain_number(self.stats.works));
+            document.insert("advanced", explain_number(self.stats.advanced));
             match self.name {
                 StageName::IxScan => {
-                    document.insert("keysExamined", self.stats.keys_examined as i64);
-                    document.insert("dupsDropped", self.stats.dups_dropped as i64);
+                    document.insert("keysExamined", explain_number(self.stats.keys_examined));
+                    document.insert("dupsDropped", explain_number(self.stats.dups_dropped));
                 }
                 StageName::Fetch | StageName::CollScan => {
-                    document.insert("docsExamined", self.stats.docs_examined as i64);
+                    document.insert("docsExamined", explain_number(self.stats.docs_examined));
                 }
                 _ => {}
             }
@@ -347,6 +347,11 @@ pub struct PlannedQuery {
     pub namespace: String,
 }
 
+/// A counter as MongoDB's explain shows it: an int32, or an int64 past its range.
+fn explain_number(value: u64) -> Bson {
+    i32::try_from(value).map_or(Bson::Int64(value as i64), Bson::Int32)
+}
+
 /// Explain verbosity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verbosity {
@@ -401,11 +406,11 @@ impl PlannedQuery {
                 "executionStats",
                 bson::doc! {
                     "executionSuccess": true,
-                    "nReturned": summary.n_returned as i64,
-                    "executionTimeMillis": summary.execution_time_millis as i64,
-                    "totalKeysExamined": root.sum(|s| s.keys_examined) as i64,
-                    "totalDocsExamined": root.sum(|s| s.docs_examined) as i64,
-                    "numYields": summary.num_yields as i64,
+                    "nReturned": explain_number(summary.n_returned),
+                    "executionTimeMillis": explain_number(summary.execution_time_millis),
+                    "totalKeysExamined": explain_number(root.sum(|s| s.keys_examined)),
+                    "totalDocsExamined": explain_number(root.sum(|s| s.docs_examined)),
+                    "numYields": explain_number(summary.num_yields),
                     "executionStages": root.render(true),
                 },
             );

@@ -151,9 +151,9 @@ fn find_through_an_index_with_explain() {
     );
     assert_eq!(ixscan.get_str("direction").unwrap(), "backward");
     let stats = explain.get_document("executionStats").unwrap();
-    assert_eq!(stats.get_i64("nReturned").unwrap(), 4);
+    assert_eq!(stats.get_i32("nReturned").unwrap(), 4);
     assert_eq!(
-        stats.get_i64("totalKeysExamined").unwrap() as u64,
+        stats.get_i32("totalKeysExamined").unwrap() as u64,
         keys_examined
     );
 }

@@ -156,16 +156,16 @@ fn execution_stats_shape() {
     };
     let explain = planned.explain(Verbosity::ExecutionStats, Some(&summary));
     let stats = explain.get_document("executionStats").unwrap();
-    assert_eq!(stats.get_i64("totalKeysExamined").unwrap(), 10);
-    assert_eq!(stats.get_i64("totalDocsExamined").unwrap(), 9);
-    assert_eq!(stats.get_i64("nReturned").unwrap(), 9);
+    assert_eq!(stats.get_i32("totalKeysExamined").unwrap(), 10);
+    assert_eq!(stats.get_i32("totalDocsExamined").unwrap(), 9);
+    assert_eq!(stats.get_i32("nReturned").unwrap(), 9);
     let stages = stats.get_document("executionStages").unwrap();
     assert_eq!(stages.get_str("stage").unwrap(), "FETCH");
     assert_eq!(
         stages
             .get_document("inputStage")
             .unwrap()
-            .get_i64("keysExamined")
+            .get_i32("keysExamined")
             .unwrap(),
         10
     );

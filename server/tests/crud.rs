@@ -215,9 +215,9 @@ async fn indexes_plans_and_explain() {
         "FETCH"
     );
     let stats = explain.get_document("executionStats").unwrap();
-    assert_eq!(stats.get_i64("nReturned").unwrap(), 4);
-    assert_eq!(stats.get_i64("totalKeysExamined").unwrap(), 4);
-    assert_eq!(stats.get_i64("totalDocsExamined").unwrap(), 4);
+    assert_eq!(stats.get_i32("nReturned").unwrap(), 4);
+    assert_eq!(stats.get_i32("totalKeysExamined").unwrap(), 4);
+    assert_eq!(stats.get_i32("totalDocsExamined").unwrap(), 4);
     // Index results agree with a scan.
     let by_index: Vec<Document> = people
         .find(doc! {"age": {"$in": [3, 4]}})
