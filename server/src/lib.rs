@@ -188,8 +188,14 @@ async fn route_connection(
     }
     if wire::is_http2_preface(&first) {
         let counted = grpc::CountedStream::from_parts(stream, guard, first.to_vec());
-        if grpc.send(counted).await.is_err() {
-            tracing::debug!("gRPC server stopped: connection dropped");
+        // The hand-off queue is bounded: never wait on it past the stop signal.
+        tokio::select! {
+            sent = grpc.send(counted) => {
+                if sent.is_err() {
+                    tracing::debug!("gRPC server stopped: connection dropped");
+                }
+            }
+            _ = wire::stopped(&mut stop) => {}
         }
     } else {
         wire::serve_connection(stream, guard, first.to_vec(), node, stop).await;

@@ -54,7 +54,7 @@ fn kill(node: &Node, slot: &OpSlot, code: ErrorCode) {
     }
 }
 
-/// The command's name and whether it is a hello.
+/// Whether the command is a hello (under any of its names).
 fn is_hello(command: &Document) -> bool {
     matches!(
         command.keys().next().map(String::as_str),
