@@ -93,10 +93,10 @@ async fn an_index_built_while_writes_go_on_matches_a_scan() {
                     let id = (writer * 3331 + step * 67) % 10_000;
                     match step % 3 {
                         0 => {
-                            coll.update_one(doc! {"_id": id}, doc! {"$set": {"k": (step % 97) as i32, "tags": [step % 11]}}).await.unwrap();
+                            coll.update_one(doc! {"_id": id}, doc! {"$set": {"k": step % 97, "tags": [step % 11]}}).await.unwrap();
                         }
                         1 => {
-                            coll.insert_one(doc! {"_id": 100_000 + writer * 1000 + step, "k": (step % 97) as i32, "tags": [step]}).await.unwrap();
+                            coll.insert_one(doc! {"_id": 100_000 + writer * 1000 + step, "k": step % 97, "tags": [step]}).await.unwrap();
                         }
                         _ => {
                             coll.delete_one(doc! {"_id": id + 1}).await.unwrap();

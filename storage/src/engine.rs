@@ -430,13 +430,24 @@ impl Engine {
         &self,
         ns: &cairn_types::Namespace,
     ) -> Option<Arc<crate::CollectionMeta>> {
-        self.inner.catalog.read().lookup(ns, self.visible_timestamp())
+        self.inner
+            .catalog
+            .read()
+            .lookup(ns, self.visible_timestamp())
     }
 
     /// The collection with this UUID as of the newest visible commit.
-    pub fn latest_collection_by_uuid(&self, uuid: &bson::Uuid) -> Option<Arc<crate::CollectionMeta>> {
+    pub fn latest_collection_by_uuid(
+        &self,
+        uuid: &bson::Uuid,
+    ) -> Option<Arc<crate::CollectionMeta>> {
         let at = self.visible_timestamp();
-        self.inner.catalog.read().list(at).into_iter().find(|meta| meta.uuid == *uuid)
+        self.inner
+            .catalog
+            .read()
+            .list(at)
+            .into_iter()
+            .find(|meta| meta.uuid == *uuid)
     }
 
     /// Every collection as of the newest visible commit.

@@ -223,8 +223,14 @@ impl Snapshot {
         let Some(tables) = self.tables(ident)? else {
             return Ok((0, 0));
         };
-        let entries = tables.current.len().map_err(|error| storage_error("table stats", error))?;
-        let stats = tables.current.stats().map_err(|error| storage_error("table stats", error))?;
+        let entries = tables
+            .current
+            .len()
+            .map_err(|error| storage_error("table stats", error))?;
+        let stats = tables
+            .current
+            .stats()
+            .map_err(|error| storage_error("table stats", error))?;
         Ok((entries, stats.stored_bytes()))
     }
 
