@@ -167,13 +167,9 @@ impl Node {
             )
             .to_reply();
         }
-        match bson::deserialize_from_slice::<Document>(bytes) {
+        match parse_command(bytes) {
             Ok(command) => self.run_command(client, command),
-            Err(error) => Error::new(
-                ErrorCode::InvalidBSON,
-                format!("invalid BSON in the command: {error}"),
-            )
-            .to_reply(),
+            Err(error) => error.to_reply(),
         }
     }
 
@@ -227,6 +223,21 @@ impl Node {
         tracing::info!("shutdown complete: checkpoint taken");
         Ok(())
     }
+}
+
+/// Parses a command document from bytes, validating every element and the nesting depth
+/// without recursion first: the bson crate builds documents recursively, so a few megabytes of
+/// nesting would otherwise overflow the stack (an abort, not a panic).
+fn parse_command(bytes: &[u8]) -> Result<Document, Error> {
+    let invalid = |error: &dyn std::fmt::Display| {
+        Error::new(
+            ErrorCode::InvalidBSON,
+            format!("invalid BSON in the command: {error}"),
+        )
+    };
+    let raw = bson::RawDocument::from_bytes(bytes).map_err(|error| invalid(&error))?;
+    crate::wire::document::check_elements(raw, crate::wire::document::COMMAND_DEPTH_MAX)?;
+    Document::try_from(raw).map_err(|error| invalid(&error))
 }
 
 /// A counted transport connection.

@@ -362,3 +362,56 @@ async fn aggregation_and_ddl() {
     assert!(db.list_collections().names().await.unwrap().is_empty());
     node.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_stages_and_standalone_refusals() {
+    let (node, client) = common::start().await;
+    let db = client.database("test");
+    let coll = db.collection::<Document>("c");
+    coll.insert_many((0..5).map(|i| doc! {"_id": i}))
+        .await
+        .unwrap();
+    // $currentOp (mongosh's db.currentOp()) lists at least the aggregation itself.
+    let ops = client
+        .database("admin")
+        .run_command(doc! {"aggregate": 1, "pipeline": [{"$currentOp": {"allUsers": true}}, {"$match": {"ns": "admin.$cmd"}}], "cursor": {}})
+        .await
+        .unwrap();
+    let batch = ops
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap();
+    assert!(!batch.is_empty(), "{ops}");
+    // $collStats (mongosh's db.c.stats()).
+    let stats = db.run_command(doc! {"aggregate": "c", "pipeline": [{"$collStats": {"storageStats": {}, "count": {}}}], "cursor": {}}).await.unwrap();
+    let first = stats
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap()[0]
+        .as_document()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        first
+            .get_document("storageStats")
+            .unwrap()
+            .get_i64("count")
+            .unwrap(),
+        5
+    );
+    assert_eq!(first.get_i64("count").unwrap(), 5);
+    // Transactions and retryable writes need a replica set.
+    let error = db
+        .run_command(doc! {"insert": "c", "documents": [{"_id": 9}], "lsid": {"id": bson::Uuid::new()}, "txnNumber": 1i64})
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(20), "{error}");
+    assert_eq!(
+        coll.count_documents(doc! {}).await.unwrap(),
+        5,
+        "the refused write did nothing"
+    );
+    node.stop().await.unwrap();
+}

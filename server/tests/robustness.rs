@@ -242,3 +242,28 @@ async fn garbage_over_grpc_gets_an_error_reply() {
     );
     node.stop().await.unwrap();
 }
+
+#[test]
+fn a_command_nested_far_too_deep_is_refused_without_overflowing_the_stack() {
+    let (node, _dir) = node();
+    // 200,000 levels of {"a": {...}} written as raw bytes, outermost first (building a
+    // Document this deep would itself overflow the stack). Each level is its length, the
+    // embedded-document type byte, the name "a", the inner document and a closing zero.
+    let depth = 200_000usize;
+    let innermost = 5usize;
+    let mut bytes = Vec::with_capacity(innermost + depth * 9);
+    for level in (1..=depth).rev() {
+        let length = innermost + level * 8;
+        bytes.extend_from_slice(&(length as i32).to_le_bytes());
+        bytes.extend_from_slice(&[0x03, b'a', 0]);
+    }
+    bytes.extend_from_slice(&[5, 0, 0, 0, 0]);
+    bytes.extend(std::iter::repeat_n(0u8, depth));
+    assert_eq!(bytes.len(), innermost + depth * 8);
+    let reply = node.run_command_bytes(&ClientInfo::default(), &bytes);
+    assert_eq!(reply.get_f64("ok").unwrap(), 0.0);
+    assert_eq!(reply.get_i32("code").unwrap(), 15, "Overflow: {reply}");
+    let reply = node.run_command(&ClientInfo::default(), doc! {"ping": 1, "$db": "admin"});
+    assert_eq!(reply.get_f64("ok").unwrap(), 1.0);
+    node.shutdown().unwrap();
+}

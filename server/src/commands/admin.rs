@@ -98,6 +98,20 @@ pub(super) fn current_op(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Doc
         }
         filter.insert(key.clone(), value.clone());
     }
+    let inprog: Vec<Bson> = current_op_entries(opctx, include_all)?
+        .into_iter()
+        .filter_map(|entry| match matches_filter(&entry, &filter) {
+            Ok(true) => Some(Ok(Bson::Document(entry))),
+            Ok(false) => None,
+            Err(error) => Some(Err(error)),
+        })
+        .collect::<Result<_>>()?;
+    Ok(doc! {"inprog": inprog, "ok": 1.0})
+}
+
+/// Every operation's currentOp entry (op-level fields and its locks); with `include_all`,
+/// idle cursors too. Shared by the currentOp command and the `$currentOp` stage.
+pub(crate) fn current_op_entries(opctx: &OpCtx<'_>, include_all: bool) -> Result<Vec<Document>> {
     let node = opctx.node;
     let lock_parts: std::collections::HashMap<i64, Document> = node
         .locks
@@ -106,7 +120,7 @@ pub(super) fn current_op(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Doc
         .filter_map(|entry| entry.get_i64("opid").ok().map(|opid| (opid, entry)))
         .collect();
     let operations: Vec<_> = node.operations.lock().values().cloned().collect();
-    let mut inprog = Vec::new();
+    let mut entries = Vec::new();
     for info in operations {
         let mut entry = info.current_op_fields();
         if let Some(locks) = lock_parts.get(&(info.opid as i64)) {
@@ -119,21 +133,15 @@ pub(super) fn current_op(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Doc
             entry.insert("locks", Document::new());
             entry.insert("waitingForLock", false);
         }
-        if matches_filter(&entry, &filter)? {
-            inprog.push(Bson::Document(entry));
-        }
+        entries.push(entry);
     }
     if include_all {
         let (open, _) = node.cursors.counts();
         if open > 0 {
-            let idle_cursors =
-                doc! {"type": "idleCursor", "active": false, "openCursors": open as i64};
-            if matches_filter(&idle_cursors, &filter)? {
-                inprog.push(Bson::Document(idle_cursors));
-            }
+            entries.push(doc! {"type": "idleCursor", "active": false, "openCursors": open as i64});
         }
     }
-    Ok(doc! {"inprog": inprog, "ok": 1.0})
+    Ok(entries)
 }
 
 pub(super) fn kill_op(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Document> {

@@ -204,7 +204,7 @@ pub(super) fn drop_database(opctx: &mut OpCtx<'_>, request: &Request) -> Result<
 
 /// `(documents, data bytes)` of a collection at the newest snapshot, counted exactly, and the
 /// stored bytes of its tables.
-fn collection_sizes(
+pub(crate) fn collection_sizes(
     opctx: &OpCtx<'_>,
     meta: &CollectionMeta,
 ) -> Result<(u64, u64, u64, BTreeMap<String, u64>)> {

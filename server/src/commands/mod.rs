@@ -7,9 +7,9 @@
 //! CommandNotFound (59); a missing `$db` is an error; a panic in a handler is an InternalError
 //! reply and the node keeps serving.
 
-mod admin;
+pub(crate) mod admin;
 mod basic;
-mod ddl;
+pub(crate) mod ddl;
 pub(crate) mod read;
 pub(crate) mod write;
 
@@ -319,6 +319,17 @@ pub(crate) fn run(node: &NodeInner, client: &ClientInfo, body: Document) -> Docu
         return Error::new(
             ErrorCode::ShutdownInProgress,
             "The server is in quiesce mode and will shut down",
+        )
+        .to_reply();
+    }
+    // Transactions and retryable writes need a replica set, as on a standalone mongod.
+    if ["txnNumber", "startTransaction", "autocommit"]
+        .iter()
+        .any(|field| request.body.contains_key(field))
+    {
+        return Error::new(
+            ErrorCode::IllegalOperation,
+            "Transaction numbers are only allowed on a replica set member or mongos",
         )
         .to_reply();
     }

@@ -346,8 +346,112 @@ fn aggregation_input(
     Ok((query, pushdown.stages_consumed))
 }
 
+/// The documents a leading `$currentOp` or `$collStats` stage produces, if the pipeline starts
+/// with one (these stages read the server, not a collection).
+fn server_source(
+    opctx: &OpCtx<'_>,
+    request: &Request,
+    command: &AggregateCommand,
+) -> Result<Option<Vec<Document>>> {
+    let Some(Bson::Document(first)) = command.pipeline.first() else {
+        return Ok(None);
+    };
+    let Some((name, Bson::Document(options))) = first.iter().next() else {
+        return Ok(None);
+    };
+    match name.as_str() {
+        "$currentOp" => {
+            if request.db != "admin" || command.collection.is_some() {
+                return Err(Error::new(
+                    ErrorCode::InvalidNamespace,
+                    "$currentOp must be run against the 'admin' database with {aggregate: 1}",
+                ));
+            }
+            let include_all = options.get_bool("idleConnections").unwrap_or(false)
+                || options.get_bool("idleCursors").unwrap_or(false);
+            Ok(Some(super::admin::current_op_entries(opctx, include_all)?))
+        }
+        "$collStats" => {
+            let collection = command.collection.clone().ok_or_else(|| {
+                Error::new(ErrorCode::InvalidNamespace, "$collStats needs a collection")
+            })?;
+            let ns = Namespace::new(request.db.clone(), collection);
+            let _lock = opctx.locker.lock_collection(&ns, LockMode::IS)?;
+            let Some(meta) = opctx.node.engine.latest_collection(&ns) else {
+                return Err(Error::new(
+                    ErrorCode::NamespaceNotFound,
+                    format!("Unable to find collection {ns}"),
+                ));
+            };
+            let (count, size, storage, index_sizes) = super::ddl::collection_sizes(opctx, &meta)?;
+            let mut stats = doc! {
+                "ns": ns.to_string(),
+                "host": super::basic::hostname(),
+                "localTime": bson::DateTime::from_millis(opctx.node.clock.wall_ms()),
+            };
+            if options.contains_key("storageStats") {
+                let mut sizes = Document::new();
+                for (name, bytes) in &index_sizes {
+                    sizes.insert(name.clone(), *bytes as i64);
+                }
+                let total_index: u64 = index_sizes.values().sum();
+                stats.insert(
+                    "storageStats",
+                    doc! {
+                        "size": size as i64,
+                        "count": count as i64,
+                        "avgObjSize": size.checked_div(count).unwrap_or(0) as i64,
+                        "storageSize": storage as i64,
+                        "freeStorageSize": 0i64,
+                        "capped": false,
+                        "nindexes": (meta.indexes.len() + 1) as i32,
+                        "indexSizes": sizes,
+                        "totalIndexSize": total_index as i64,
+                        "totalSize": (storage + total_index) as i64,
+                        "scaleFactor": 1,
+                    },
+                );
+            }
+            if options.contains_key("count") {
+                stats.insert("count", count as i64);
+            }
+            if options.contains_key("latencyStats") {
+                let zero = doc! {"latency": 0i64, "ops": 0i64};
+                stats.insert("latencyStats", doc! {"reads": zero.clone(), "writes": zero.clone(), "commands": zero.clone(), "transactions": zero});
+            }
+            Ok(Some(vec![stats]))
+        }
+        _ => Ok(None),
+    }
+}
+
 pub(crate) fn aggregate(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Document> {
-    let command = AggregateCommand::parse(&request.body)?;
+    let mut command = AggregateCommand::parse(&request.body)?;
+    if let Some(source) = server_source(opctx, request, &command)? {
+        // The rest of the pipeline runs over what the server stage produced.
+        command.pipeline.remove(0);
+        let pipeline = command.to_pipeline()?;
+        let mut lookups = LookupSource {
+            engine: &opctx.node.engine,
+            db: &request.db,
+            read_ts: opctx.node.engine.visible_timestamp(),
+        };
+        let results: Vec<Document> = pipeline
+            .execute(0, Box::new(source.into_iter().map(Ok)), &mut lookups)
+            .collect::<Result<_>>()?;
+        let ns = match &command.collection {
+            Some(collection) => format!("{}.{collection}", request.db),
+            None => format!("{}.$cmd.aggregate", request.db),
+        };
+        return first_batch(
+            opctx,
+            &ns,
+            Box::new(VecSource::new(results)),
+            command.batch_size.or(Some(FIRST_BATCH_DOCUMENTS_DEFAULT)),
+            false,
+            false,
+        );
+    }
     let pipeline = command.to_pipeline()?;
     let Some(collection) = command.collection.clone() else {
         return Err(Error::new(
