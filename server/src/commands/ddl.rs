@@ -122,16 +122,13 @@ pub(super) fn create(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Documen
             ));
         }
         let meta = unit.create_collection(&ns, options.clone())?;
-        if super::write::writes_oplog(opctx) {
-            unit.append_oplog(super::write::oplog_entry(
-                opctx,
-                "c",
-                &Namespace::command_namespace(&ns.db),
-                Some(&meta.uuid),
-                doc! {"create": ns.coll.clone()},
-                None,
-            ));
-        }
+        super::write::log_command(
+            opctx,
+            unit,
+            &ns.db,
+            &meta.uuid,
+            doc! {"create": ns.coll.clone()},
+        );
         Ok(())
     })?;
     Ok(doc! {"ok": 1.0})
@@ -147,16 +144,13 @@ pub(super) fn drop(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Document>
                 return Ok(None);
             }
             let meta = unit.drop_collection(&ns)?;
-            if super::write::writes_oplog(opctx) {
-                unit.append_oplog(super::write::oplog_entry(
-                    opctx,
-                    "c",
-                    &Namespace::command_namespace(&ns.db),
-                    Some(&meta.uuid),
-                    doc! {"drop": ns.coll.clone()},
-                    None,
-                ));
-            }
+            super::write::log_command(
+                opctx,
+                unit,
+                &ns.db,
+                &meta.uuid,
+                doc! {"drop": ns.coll.clone()},
+            );
             Ok(Some(meta))
         })?;
     match dropped {
@@ -185,16 +179,7 @@ pub(super) fn drop_database(opctx: &mut OpCtx<'_>, request: &Request) -> Result<
             .collect();
         for ns in &names {
             let meta = unit.drop_collection(ns)?;
-            if super::write::writes_oplog(opctx) {
-                unit.append_oplog(super::write::oplog_entry(
-                    opctx,
-                    "c",
-                    &Namespace::command_namespace(&db),
-                    Some(&meta.uuid),
-                    doc! {"drop": ns.coll.clone()},
-                    None,
-                ));
-            }
+            super::write::log_command(opctx, unit, &db, &meta.uuid, doc! {"drop": ns.coll.clone()});
         }
         Ok(())
     })?;
@@ -404,16 +389,13 @@ pub(super) fn rename_collection(opctx: &mut OpCtx<'_>, request: &Request) -> Res
             unit.drop_collection(&to)?;
         }
         unit.rename_collection(&from, &to)?;
-        if super::write::writes_oplog(opctx) {
-            unit.append_oplog(super::write::oplog_entry(
-                opctx,
-                "c",
-                &Namespace::command_namespace(&from.db),
-                Some(&source.uuid),
-                doc! {"renameCollection": from.to_string(), "to": to.to_string(), "dropTarget": drop_target},
-                None,
-            ));
-        }
+        super::write::log_command(
+            opctx,
+            unit,
+            &from.db,
+            &source.uuid,
+            doc! {"renameCollection": from.to_string(), "to": to.to_string(), "dropTarget": drop_target},
+        );
         Ok(())
     })?;
     tracing::info!(%from, %to, "renamed collection");
@@ -652,23 +634,14 @@ pub(super) fn create_indexes(opctx: &mut OpCtx<'_>, request: &Request) -> Result
                 }
                 let after = updated.indexes.len() + 1;
                 unit.update_collection(updated)?;
-                if super::write::writes_oplog(opctx) {
-                    for spec in command
-                        .indexes
-                        .iter()
-                        .filter(|spec| to_build.contains(&spec.name))
-                    {
-                        let mut object = doc! {"createIndexes": ns.coll.clone()};
-                        object.extend(spec_document(spec));
-                        unit.append_oplog(super::write::oplog_entry(
-                            opctx,
-                            "c",
-                            &Namespace::command_namespace(&ns.db),
-                            Some(&meta.uuid),
-                            object,
-                            None,
-                        ));
-                    }
+                for spec in command
+                    .indexes
+                    .iter()
+                    .filter(|spec| to_build.contains(&spec.name))
+                {
+                    let mut object = doc! {"createIndexes": ns.coll.clone()};
+                    object.extend(spec_document(spec));
+                    super::write::log_command(opctx, unit, &ns.db, &meta.uuid, object);
                 }
                 Ok(after)
             })?;
@@ -794,16 +767,13 @@ pub(super) fn drop_indexes(opctx: &mut OpCtx<'_>, request: &Request) -> Result<D
         }
         let uuid = updated.uuid;
         unit.update_collection(updated)?;
-        if super::write::writes_oplog(opctx) {
-            unit.append_oplog(super::write::oplog_entry(
-                opctx,
-                "c",
-                &Namespace::command_namespace(&ns.db),
-                Some(&uuid),
-                doc! {"dropIndexes": ns.coll.clone()},
-                None,
-            ));
-        }
+        super::write::log_command(
+            opctx,
+            unit,
+            &ns.db,
+            &uuid,
+            doc! {"dropIndexes": ns.coll.clone()},
+        );
         Ok(was)
     })?;
     Ok(doc! {"nIndexesWas": was as i32, "ok": 1.0})

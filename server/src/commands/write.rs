@@ -171,16 +171,13 @@ pub(crate) fn ensure_collection(opctx: &OpCtx<'_>, ns: &Namespace) -> Result<boo
             return Ok(false);
         }
         let meta = unit.create_collection(ns, Document::new())?;
-        if writes_oplog(opctx) {
-            unit.append_oplog(oplog_entry(
-                opctx,
-                "c",
-                &Namespace::command_namespace(&ns.db),
-                Some(&meta.uuid),
-                doc! {"create": ns.coll.clone()},
-                None,
-            ));
-        }
+        log_command(
+            opctx,
+            unit,
+            &ns.db,
+            &meta.uuid,
+            doc! {"create": ns.coll.clone()},
+        );
         Ok(true)
     })?;
     if created {
@@ -222,6 +219,26 @@ pub(crate) fn oplog_entry(
         bson::DateTime::from_millis(opctx.node.clock.wall_ms()),
     );
     entry
+}
+
+/// Appends the oplog entry of a command (DDL) on database `db`, when this node writes an oplog.
+pub(crate) fn log_command(
+    opctx: &OpCtx<'_>,
+    unit: &mut WriteUnit,
+    db: &str,
+    uuid: &bson::Uuid,
+    object: Document,
+) {
+    if writes_oplog(opctx) {
+        unit.append_oplog(oplog_entry(
+            opctx,
+            "c",
+            &Namespace::command_namespace(db),
+            Some(uuid),
+            object,
+            None,
+        ));
+    }
 }
 
 fn retry_options<'a>(
@@ -577,6 +594,41 @@ fn update_one_in_unit(
     })
 }
 
+/// Deletes the document at `id_key` in `unit` if it still matches; returns it and the array
+/// position the filter matched (for a positional projection).
+fn delete_one_in_unit(
+    opctx: &OpCtx<'_>,
+    unit: &mut WriteUnit,
+    ns: &Namespace,
+    id_key: &[u8],
+    filter: &Matcher,
+) -> Result<Option<(Document, Option<usize>)>> {
+    let meta = unit
+        .collection(ns)
+        .ok_or_else(|| Error::new(ErrorCode::QueryPlanKilled, "collection dropped"))?;
+    let Some(bytes) = unit.get_for_update(meta.ident, id_key)? else {
+        return Ok(None);
+    };
+    let document = decode_document(&bytes)?;
+    let Some(details) = filter.match_details(&document)? else {
+        return Ok(None);
+    };
+    let mut collection = Collection::load(&meta)?;
+    collection.delete(unit, &document)?;
+    if writes_oplog(opctx) {
+        let id = document.get("_id").cloned().unwrap_or(Bson::Null);
+        unit.append_oplog(oplog_entry(
+            opctx,
+            "d",
+            ns,
+            Some(&meta.uuid),
+            doc! {"_id": id},
+            None,
+        ));
+    }
+    Ok(Some((document, details.array_position)))
+}
+
 /// Inserts the document of an upsert; returns it.
 fn upsert(
     opctx: &OpCtx<'_>,
@@ -780,34 +832,9 @@ fn run_delete_statement(
             let (removed, _) = write_conflict_retry(
                 &opctx.node.engine,
                 retry_options(opctx, &mut check),
-                |unit| {
-                    let meta = unit.collection(ns).ok_or_else(|| {
-                        Error::new(ErrorCode::QueryPlanKilled, "collection dropped")
-                    })?;
-                    let Some(bytes) = unit.get_for_update(meta.ident, id_key)? else {
-                        return Ok(false);
-                    };
-                    let document = decode_document(&bytes)?;
-                    if !filter.matches_checked(&document)? {
-                        return Ok(false);
-                    }
-                    let mut collection = Collection::load(&meta)?;
-                    collection.delete(unit, &document)?;
-                    if writes_oplog(opctx) {
-                        let id = document.get("_id").cloned().unwrap_or(Bson::Null);
-                        unit.append_oplog(oplog_entry(
-                            opctx,
-                            "d",
-                            ns,
-                            Some(&meta.uuid),
-                            doc! {"_id": id},
-                            None,
-                        ));
-                    }
-                    Ok(true)
-                },
+                |unit| delete_one_in_unit(opctx, unit, ns, id_key, filter),
             )?;
-            if removed {
+            if removed.is_some() {
                 deleted += 1;
             } else {
                 raced = true;
@@ -922,32 +949,7 @@ pub(crate) fn find_and_modify(opctx: &mut OpCtx<'_>, request: &Request) -> Resul
             let (removed, _) = write_conflict_retry(
                 &opctx.node.engine,
                 retry_options(opctx, &mut check),
-                |unit| {
-                    let meta = unit.collection(&ns).ok_or_else(|| {
-                        Error::new(ErrorCode::QueryPlanKilled, "collection dropped")
-                    })?;
-                    let Some(bytes) = unit.get_for_update(meta.ident, &id_key)? else {
-                        return Ok(None);
-                    };
-                    let document = decode_document(&bytes)?;
-                    let Some(details) = filter.match_details(&document)? else {
-                        return Ok(None);
-                    };
-                    let mut collection = Collection::load(&meta)?;
-                    collection.delete(unit, &document)?;
-                    if writes_oplog(opctx) {
-                        let id = document.get("_id").cloned().unwrap_or(Bson::Null);
-                        unit.append_oplog(oplog_entry(
-                            opctx,
-                            "d",
-                            &ns,
-                            Some(&meta.uuid),
-                            doc! {"_id": id},
-                            None,
-                        ));
-                    }
-                    Ok(Some((document, details.array_position)))
-                },
+                |unit| delete_one_in_unit(opctx, unit, &ns, &id_key, &filter),
             )?;
             removed.map(|(document, position)| -> Result<Document> {
                 crate::metrics::add(&opctx.node.metrics.documents_deleted, 1);
