@@ -340,7 +340,7 @@ pub(crate) fn run(node: &NodeInner, client: &ClientInfo, body: Document) -> Docu
             max_time_ms,
         );
         let handler = spec.handler;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             handler(&mut opctx, &request)
         })) {
             Ok(result) => result,
@@ -356,7 +356,9 @@ pub(crate) fn run(node: &NodeInner, client: &ClientInfo, body: Document) -> Docu
                     format!("internal error running {}: {message}", request.name),
                 ))
             }
-        }
+        };
+        log_if_slow(&opctx, &request, &outcome);
+        outcome
     })();
     match result {
         Ok(reply) => ensure_ok(reply),
@@ -366,6 +368,28 @@ pub(crate) fn run(node: &NodeInner, client: &ClientInfo, body: Document) -> Docu
             error.to_reply()
         }
     }
+}
+
+/// Operations slower than this are logged (MongoDB's slowms).
+const SLOW_OPERATION_MS: u128 = 100;
+
+/// MongoDB's "Slow query" log line: the command, how long it took, its plan and yields.
+fn log_if_slow(opctx: &OpCtx<'_>, request: &Request, outcome: &Result<Document>) {
+    let duration = opctx.info.started.elapsed();
+    if duration.as_millis() < SLOW_OPERATION_MS {
+        return;
+    }
+    let plan = opctx.info.plan_summary.lock().clone().unwrap_or_default();
+    tracing::info!(
+        command = %request.name,
+        ns = %opctx.info.ns,
+        duration_millis = duration.as_millis() as u64,
+        plan_summary = %plan,
+        num_yields = opctx.locker.num_yields(),
+        ok = outcome.is_ok(),
+        client = %opctx.info.client.desc(),
+        "Slow query"
+    );
 }
 
 /// Reads an optional field of a given shape, with MongoDB's IDL type error.
