@@ -143,20 +143,28 @@ pub(crate) fn run_periodic(inner: Arc<Inner>) {
             .min(inner.config.gc_interval_ms)
             .max(1),
     );
+    let mut behind = false;
     loop {
         {
             let mut queue = inner.queue.lock();
             if queue.shutdown {
                 break;
             }
-            inner.queue_signal.wait_for(&mut queue, tick);
+            // A garbage-collection pass that was full means more is due: go on at once (the
+            // writer mutex is released in between, so commits interleave with the passes).
+            if !behind {
+                inner.queue_signal.wait_for(&mut queue, tick);
+            }
             if queue.shutdown {
                 break;
             }
         }
         let writer = inner.writer.lock();
-        periodic(&inner);
+        behind = periodic(&inner);
         drop(writer);
+        if behind {
+            std::thread::yield_now();
+        }
     }
 }
 
@@ -195,10 +203,12 @@ fn run_job(inner: &Inner, job: Job) {
 }
 
 /// The periodic work that is due: journal flush, garbage collection, checkpoint.
-pub(crate) fn periodic(inner: &Inner) {
+/// Returns true when garbage collection is behind (its pass was full).
+pub(crate) fn periodic(inner: &Inner) -> bool {
     if inner.failure.lock().is_some() {
-        return;
+        return false;
     }
+    let mut behind = false;
     let now = inner.clock.monotonic();
     let state = *inner.timestamps.lock();
     if state.dirty
@@ -210,8 +220,9 @@ pub(crate) fn periodic(inner: &Inner) {
         }
     }
     if now.saturating_sub(state.last_gc_at) >= Duration::from_millis(inner.config.gc_interval_ms) {
-        if let Err(error) = collect_garbage(inner) {
-            tracing::error!(%error, "garbage collection failed");
+        match collect_garbage(inner) {
+            Ok(collected) => behind = collected >= inner.config.gc_batch_entries_max,
+            Err(error) => tracing::error!(%error, "garbage collection failed"),
         }
     }
     if now.saturating_sub(state.last_checkpoint_at)
@@ -221,6 +232,7 @@ pub(crate) fn periodic(inner: &Inner) {
             tracing::error!(%error, "checkpoint failed");
         }
     }
+    behind
 }
 
 fn next_timestamp(last: Timestamp, wall_secs: u32) -> Timestamp {
@@ -822,7 +834,10 @@ fn collect_garbage(inner: &Inner) -> Result<usize, Error> {
     {
         let mut timestamps = inner.timestamps.lock();
         timestamps.oplog_bytes = oplog_bytes;
-        timestamps.last_gc_at = inner.clock.monotonic();
+        // A full pass leaves the next one due at once.
+        if collected < limit {
+            timestamps.last_gc_at = inner.clock.monotonic();
+        }
         timestamps.dirty |= changed;
     }
     Counters::add(&inner.counters.gc_passes, 1);

@@ -651,3 +651,32 @@ fn oversized_values_and_keys_are_refused_and_the_engine_keeps_serving() {
     drop(snapshot);
     engine.close().unwrap();
 }
+
+#[test]
+fn garbage_collection_keeps_up_with_more_than_one_pass_of_history() {
+    let clock = clock();
+    let config = cairn_storage::EngineConfig {
+        gc_batch_entries_max: 100,
+        ..common::config()
+    };
+    let engine = common::open_with(&cairn_storage::Backend::Memory, &clock, config);
+    for round in 0..10u8 {
+        let mut unit = engine.begin_write();
+        for id in 0..100 {
+            unit.put(TABLE, &key(id), &[round]).unwrap();
+        }
+        unit.commit(Durability::Visible).unwrap();
+    }
+    clock.advance(Duration::from_secs(400));
+    // The background passes run back to back while each is full.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while engine.stats().gc_entries < 1000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "collected only {}",
+            engine.stats().gc_entries
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    engine.close().unwrap();
+}
