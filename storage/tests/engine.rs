@@ -680,3 +680,67 @@ fn garbage_collection_keeps_up_with_more_than_one_pass_of_history() {
     }
     engine.close().unwrap();
 }
+
+#[test]
+fn the_oplog_is_capped_by_size_but_never_below_the_stable_timestamp() {
+    for backend in backends() {
+        let clock = clock();
+        let config = cairn_storage::EngineConfig {
+            oplog_size_bytes: Some(4096),
+            ..common::config()
+        };
+        let engine = common::open_with(&backend.backend, &clock, config);
+        let mut last = None;
+        for id in 0..100 {
+            let mut unit = engine.begin_write();
+            unit.put(TABLE, &key(id), b"x").unwrap();
+            unit.append_oplog(doc! {"op": "i", "o": {"_id": id, "pad": "0123456789012345678901234567890123456789"}});
+            last = Some(unit.commit(Durability::Visible).unwrap());
+        }
+        engine.set_stable_timestamp(last.unwrap().last_ts.predecessor().predecessor());
+        engine.collect_garbage().unwrap();
+        let stats = engine.stats();
+        assert!(
+            stats.oplog_bytes <= 4096 + 200,
+            "{}: {} bytes",
+            backend.name,
+            stats.oplog_bytes
+        );
+        assert!(stats.oplog_entries_truncated > 0);
+        let snapshot = engine.snapshot(ReadAt::Latest).unwrap();
+        let remaining: Vec<Timestamp> = snapshot
+            .oplog_scan(Bound::Unbounded, ScanDirection::Forward)
+            .unwrap()
+            .map(|entry| entry.unwrap().0)
+            .collect();
+        assert!(remaining.len() < 100);
+        assert_eq!(
+            *remaining.last().unwrap(),
+            last.unwrap().last_ts,
+            "the newest entries stay"
+        );
+        drop(snapshot);
+        engine.close().unwrap();
+    }
+    // Entries at or after the stable timestamp are never truncated, whatever the cap (a
+    // replica set whose majority lags keeps what it may need to roll back or replay).
+    let clock = clock();
+    let config = cairn_storage::EngineConfig {
+        oplog_size_bytes: Some(1024),
+        ..common::config()
+    };
+    let engine = common::open_with(&cairn_storage::Backend::Memory, &clock, config);
+    engine.set_stable_timestamp(Timestamp::ZERO);
+    for id in 0..50 {
+        let mut unit = engine.begin_write();
+        unit.put(TABLE, &key(id), b"x").unwrap();
+        unit.append_oplog(
+            doc! {"op": "i", "o": {"_id": id, "pad": "0123456789012345678901234567890123456789"}},
+        );
+        unit.commit(Durability::Visible).unwrap();
+    }
+    engine.collect_garbage().unwrap();
+    assert!(engine.stats().oplog_bytes > 1024);
+    assert_eq!(engine.stats().oplog_entries_truncated, 0);
+    engine.close().unwrap();
+}
