@@ -4,6 +4,7 @@
 mod locking;
 #[cfg(feature = "peers")]
 mod peers;
+mod query;
 mod report;
 mod storage;
 
@@ -62,6 +63,7 @@ fn main() -> anyhow::Result<()> {
     match arguments.suite.as_str() {
         "storage" => storage::run(&settings, &mut reporter),
         "locking" => locking::run(&settings, &mut reporter),
+        "query" => query::run(&settings, &mut reporter),
         other => anyhow::bail!("unknown suite '{other}'"),
     }
 }
