@@ -85,18 +85,28 @@ impl OpInfo {
 
 /// Trims a command for currentOp: long strings and big documents are summarised.
 fn trimmed_command(command: &Document) -> Document {
-    const FIELD_BYTES_MAX: usize = 1024;
+    // MongoDB shows at most about 1 KB of a command in currentOp. Fields are copied while they
+    // fit; a large value (the documents of an insert, say) is summarised, never copied.
+    const COMMAND_BYTES_MAX: usize = 1024;
     let mut trimmed = Document::new();
+    let mut budget = COMMAND_BYTES_MAX;
     for (key, value) in command {
-        let shown = match value {
-            Bson::String(text) if text.len() > FIELD_BYTES_MAX => Bson::String(format!(
-                "{}...",
-                &text[..text.floor_char_boundary(FIELD_BYTES_MAX)]
-            )),
-            Bson::Array(items) if items.len() > 16 => {
-                Bson::String(format!("[ {} elements ]", items.len()))
+        let size = cairn_query::agg::pipeline::approximate_size(value);
+        let shown = if size <= budget {
+            budget -= size;
+            value.clone()
+        } else {
+            match value {
+                Bson::Array(items) => Bson::String(format!("[ {} elements ]", items.len())),
+                Bson::String(text) => Bson::String(format!(
+                    "{}...",
+                    &text[..text.floor_char_boundary(budget.min(text.len()))]
+                )),
+                other => Bson::String(format!(
+                    "<{} of about {size} bytes>",
+                    crate::commands::type_name(other)
+                )),
             }
-            other => other.clone(),
         };
         trimmed.insert(key.clone(), shown);
     }

@@ -6,6 +6,11 @@
 //! port is in use, 100 the data files cannot be used (in use by another process, damaged).
 
 use cairn_server::{Arguments, LogFormat, Node, NodeConfig};
+
+/// mimalloc: a command allocates many small BSON values, and glibc's malloc spent a quarter of
+/// a point read's time in a profile (`perf record` on the server benchmark's round trips).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 
 fn init_logging(config: &NodeConfig) {

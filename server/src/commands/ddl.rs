@@ -11,7 +11,7 @@
 
 use super::{Request, check_known_fields, type_name};
 use crate::cursors::VecSource;
-use crate::exec::collection::{Collection, decode_document};
+use crate::exec::collection::decode_document;
 use crate::opctx::OpCtx;
 use bson::{Bson, Document, doc};
 use cairn_locking::LockMode;
@@ -504,7 +504,7 @@ fn build_index(opctx: &OpCtx<'_>, ns: &Namespace, index_name: &str) -> Result<()
                     "collection dropped during the index build",
                 )
             })?;
-            let mut collection = Collection::load(&meta)?;
+            let mut collection = opctx.node.collections.for_writing(&meta)?;
             let position = collection
                 .indexes
                 .iter()

@@ -64,7 +64,7 @@ pub(crate) struct PlannedRead {
 /// Plans `query` over the collection at `ns` as of `snapshot` (no executor when the collection
 /// does not exist).
 pub(crate) fn plan_read(
-    engine: &Engine,
+    node: &crate::node::NodeInner,
     snapshot: &Snapshot,
     ns: &Namespace,
     query: &CanonicalQuery,
@@ -72,13 +72,13 @@ pub(crate) fn plan_read(
 ) -> Result<PlannedRead> {
     let meta = snapshot.collection(ns);
     let descriptors = match &meta {
-        Some(meta) => Collection::load(meta)?.descriptors(),
+        Some(meta) => node.collections.get(meta)?.descriptors(),
         None => Collection::load(&empty_meta(ns))?.descriptors(),
     };
     let planned = plan(query, &descriptors)?;
     let executor = match meta {
         Some(meta) => Some(executor_for(
-            engine,
+            &node.engine,
             &meta,
             snapshot.read_timestamp(),
             &planned,
@@ -137,10 +137,13 @@ pub(crate) fn find(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Document>
     })?;
     let query = command.to_query(&request.db)?;
     let engine = opctx.node.engine.clone();
+    if let Some(key) = express_key(&command, &query) {
+        return express_find(opctx, &ns, &key, query.projection.as_ref());
+    }
     let read = {
         let _lock = opctx.locker.lock_collection(&ns, LockMode::IS)?;
         let snapshot = engine.snapshot(ReadAt::Latest)?;
-        plan_read(&engine, &snapshot, &ns, &query, command.allow_disk_use)?
+        plan_read(opctx.node, &snapshot, &ns, &query, command.allow_disk_use)?
     };
     let ns_text = ns.to_string();
     let Some(executor) = read.executor else {
@@ -156,6 +159,55 @@ pub(crate) fn find(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Document>
         command.single_batch,
         command.no_cursor_timeout,
     )
+}
+
+/// The `_id` key of a find that the express path answers: a plain `{_id: value}` filter, no
+/// sort, skip or hint, no positional projection, and a first batch that is not empty.
+fn express_key(command: &FindCommand, query: &CanonicalQuery) -> Option<Vec<u8>> {
+    let plain = command.sort.as_ref().is_none_or(Document::is_empty)
+        && command.skip == 0
+        && command.hint.is_none()
+        && command.batch_size != Some(0)
+        && command.let_variables.is_none()
+        && !query
+            .projection
+            .as_ref()
+            .is_some_and(|projection| projection.uses_positional());
+    if plain {
+        crate::exec::collection::id_equality_key(&command.filter)
+    } else {
+        None
+    }
+}
+
+/// Reads one document by `_id` key without planning (MongoDB's IDHACK / EXPRESS_IXSCAN).
+fn express_find(
+    opctx: &OpCtx<'_>,
+    ns: &Namespace,
+    key: &[u8],
+    projection: Option<&cairn_query::projection::Projection>,
+) -> Result<Document> {
+    opctx.set_plan_summary(crate::exec::plan::EXPRESS_PLAN_SUMMARY.to_owned());
+    let _lock = opctx.locker.lock_collection(ns, LockMode::IS)?;
+    let snapshot = opctx.node.engine.snapshot(ReadAt::Latest)?;
+    let ns_text = ns.to_string();
+    let Some(meta) = snapshot.collection(ns) else {
+        return Ok(cursor_reply(&ns_text, 0, Vec::new(), true));
+    };
+    let metrics = &opctx.node.metrics;
+    crate::metrics::add(&metrics.keys_examined, 1);
+    let batch = match crate::exec::collection::fetch(&snapshot, meta.ident, key)? {
+        Some(document) => {
+            crate::metrics::add(&metrics.docs_examined, 1);
+            crate::metrics::add(&metrics.documents_returned, 1);
+            vec![match projection {
+                Some(projection) => projection.apply(&document, None)?,
+                None => document,
+            }]
+        }
+        None => Vec::new(),
+    };
+    Ok(cursor_reply(&ns_text, 0, batch, true))
 }
 
 pub(crate) fn get_more(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Document> {
@@ -272,7 +324,7 @@ fn run_to_end(
     let engine = opctx.node.engine.clone();
     let _lock = opctx.locker.lock_collection(ns, LockMode::IS)?;
     let snapshot = engine.snapshot(ReadAt::Latest)?;
-    let read = plan_read(&engine, &snapshot, ns, query, false)?;
+    let read = plan_read(opctx.node, &snapshot, ns, query, false)?;
     drop(snapshot);
     let mut executor = read.executor;
     let results = match executor.as_mut() {
@@ -305,7 +357,7 @@ pub(crate) fn distinct(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Docum
 /// `$lookup`'s reads: other collections of the database, at the aggregation's read timestamp,
 /// under the locks the aggregation took at its start.
 struct LookupSource<'a> {
-    engine: &'a Engine,
+    node: &'a crate::node::NodeInner,
     db: &'a str,
     read_ts: Timestamp,
 }
@@ -313,15 +365,15 @@ struct LookupSource<'a> {
 impl PipelineSource for LookupSource<'_> {
     fn find(&mut self, collection: &str, filter: &Document) -> Result<Vec<Document>> {
         let ns = Namespace::new(self.db, collection);
-        let snapshot = match self.engine.snapshot(ReadAt::Timestamp(self.read_ts)) {
+        let snapshot = match self.node.engine.snapshot(ReadAt::Timestamp(self.read_ts)) {
             Ok(snapshot) => snapshot,
             Err(error) if error.code == ErrorCode::SnapshotTooOld => {
-                self.engine.snapshot(ReadAt::Latest)?
+                self.node.engine.snapshot(ReadAt::Latest)?
             }
             Err(error) => return Err(error),
         };
         let query = CanonicalQuery::new(&ns.to_string(), Matcher::parse(filter)?);
-        let read = plan_read(self.engine, &snapshot, &ns, &query, false)?;
+        let read = plan_read(self.node, &snapshot, &ns, &query, false)?;
         drop(snapshot);
         match read.executor {
             Some(mut executor) => executor.collect_all(None),
@@ -432,7 +484,7 @@ pub(crate) fn aggregate(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Docu
         command.pipeline.remove(0);
         let pipeline = command.to_pipeline()?;
         let mut lookups = LookupSource {
-            engine: &opctx.node.engine,
+            node: opctx.node,
             db: &request.db,
             read_ts: opctx.node.engine.visible_timestamp(),
         };
@@ -476,7 +528,7 @@ pub(crate) fn aggregate(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Docu
     }
     let snapshot = engine.snapshot(ReadAt::Latest)?;
     let read_ts = snapshot.read_timestamp();
-    let read = plan_read(&engine, &snapshot, &ns, &query, command.allow_disk_use)?;
+    let read = plan_read(opctx.node, &snapshot, &ns, &query, command.allow_disk_use)?;
     drop(snapshot);
     if command.explain {
         let mut explain = read.planned.explain(Verbosity::QueryPlanner, None);
@@ -499,7 +551,7 @@ pub(crate) fn aggregate(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Docu
         None => Box::new(std::iter::empty()),
     };
     let mut source = LookupSource {
-        engine: &engine,
+        node: opctx.node,
         db: &request.db,
         read_ts,
     };
@@ -617,7 +669,7 @@ pub(crate) fn explain(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Docume
     let engine = opctx.node.engine.clone();
     let _lock = opctx.locker.lock_collection(&ns, LockMode::IS)?;
     let snapshot = engine.snapshot(ReadAt::Latest)?;
-    let mut read = plan_read(&engine, &snapshot, &ns, &query, allow_disk_use)?;
+    let mut read = plan_read(opctx.node, &snapshot, &ns, &query, allow_disk_use)?;
     drop(snapshot);
     let summary = if command.verbosity == Verbosity::QueryPlanner {
         None

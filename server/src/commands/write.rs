@@ -12,9 +12,9 @@
 
 use super::{Request, check_known_fields, type_name};
 use crate::exec::collection::{
-    Collection, check_user_document, decode_document, document_id_key, with_id_first,
+    check_user_document, decode_document, document_id_key, id_equality_key, with_id_first,
 };
-use crate::exec::plan::{PlanExecutor, StillThere, Target};
+use crate::exec::plan::{EXPRESS_PLAN_SUMMARY, PlanExecutor, StillThere, Target};
 use crate::opctx::OpCtx;
 use bson::{Bson, Document, doc};
 use cairn_locking::LockMode;
@@ -290,7 +290,7 @@ fn insert_group(opctx: &OpCtx<'_>, ns: &Namespace, documents: &[Document]) -> Re
                     format!("collection {ns} was dropped"),
                 )
             })?;
-            let mut collection = Collection::load(&meta)?;
+            let mut collection = opctx.node.collections.for_writing(&meta)?;
             for document in documents {
                 collection.insert(unit, document)?;
                 if writes_oplog(opctx) {
@@ -469,10 +469,17 @@ fn matching_ids(
     opctx: &OpCtx<'_>,
     meta: &Arc<CollectionMeta>,
     query: &CanonicalQuery,
+    raw_filter: &Document,
 ) -> Result<Vec<Vec<u8>>> {
     let engine = &opctx.node.engine;
     let snapshot = engine.snapshot(ReadAt::Latest)?;
-    let collection = Collection::load(meta)?;
+    if let (Some(key), None) = (id_equality_key(raw_filter), &query.hint) {
+        // The express path: one key, no plan.
+        opctx.set_plan_summary(EXPRESS_PLAN_SUMMARY.to_owned());
+        let exists = snapshot.get(meta.ident, &key)?.is_some();
+        return Ok(if exists { vec![key] } else { Vec::new() });
+    }
+    let collection = opctx.node.collections.get(meta)?;
     let planned = plan(query, &collection.descriptors())?;
     let target = Target {
         ns: meta.ns.clone(),
@@ -573,7 +580,7 @@ fn update_one_in_unit(
     if update.is_replacement() {
         check_user_document(&after)?;
     }
-    let mut collection = Collection::load(&meta)?;
+    let mut collection = opctx.node.collections.for_writing(&meta)?;
     collection.update(unit, &before, &after)?;
     if writes_oplog(opctx) {
         let id = before.get("_id").cloned().unwrap_or(Bson::Null);
@@ -613,7 +620,7 @@ fn delete_one_in_unit(
     let Some(details) = filter.match_details(&document)? else {
         return Ok(None);
     };
-    let mut collection = Collection::load(&meta)?;
+    let mut collection = opctx.node.collections.for_writing(&meta)?;
     collection.delete(unit, &document)?;
     if writes_oplog(opctx) {
         let id = document.get("_id").cloned().unwrap_or(Bson::Null);
@@ -657,6 +664,7 @@ struct UpdateResult {
 fn run_update_statement(
     opctx: &OpCtx<'_>,
     ns: &Namespace,
+    raw_filter: &Document,
     filter: &Matcher,
     update: &Update,
     multi: bool,
@@ -690,7 +698,7 @@ fn run_update_statement(
     };
     let mut policy = YieldPolicy::for_locker(&opctx.locker);
     loop {
-        let candidates = matching_ids(opctx, &meta, &query)?;
+        let candidates = matching_ids(opctx, &meta, &query, raw_filter)?;
         let mut raced = false;
         for id_key in &candidates {
             opctx.check_interrupt()?;
@@ -756,6 +764,7 @@ pub(crate) fn update(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Documen
                 run_update_statement(
                     opctx,
                     &ns,
+                    &statement.query,
                     &filter,
                     &update,
                     statement.multi,
@@ -794,6 +803,7 @@ pub(crate) fn update(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Documen
 fn run_delete_statement(
     opctx: &OpCtx<'_>,
     ns: &Namespace,
+    raw_filter: &Document,
     filter: &Matcher,
     just_one: bool,
     hint: Option<Hint>,
@@ -818,7 +828,7 @@ fn run_delete_statement(
     };
     let mut policy = YieldPolicy::for_locker(&opctx.locker);
     loop {
-        let candidates = matching_ids(opctx, &meta, &query)?;
+        let candidates = matching_ids(opctx, &meta, &query, raw_filter)?;
         let mut raced = false;
         for id_key in &candidates {
             opctx.check_interrupt()?;
@@ -872,6 +882,7 @@ pub(crate) fn delete(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Documen
                 run_delete_statement(
                     opctx,
                     &ns,
+                    &statement.query,
                     &filter,
                     statement.just_one,
                     statement.hint.clone(),
@@ -920,7 +931,9 @@ pub(crate) fn find_and_modify(opctx: &mut OpCtx<'_>, request: &Request) -> Resul
     let query = query_for(&ns, &filter, Some(sort), Some(1), command.hint.clone());
     for _ in 0..SINGLE_WRITE_ATTEMPTS_MAX {
         let candidate = match &meta {
-            Some(meta) => matching_ids(opctx, meta, &query)?.into_iter().next(),
+            Some(meta) => matching_ids(opctx, meta, &query, &command.query)?
+                .into_iter()
+                .next(),
             None => None,
         };
         let Some(id_key) = candidate else {

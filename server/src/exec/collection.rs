@@ -131,6 +131,23 @@ pub fn id_key(id: &Bson) -> Result<Vec<u8>> {
     }
 }
 
+/// The `_id` key a filter asks for by plain equality (`{_id: <value>}`), if that is all it
+/// asks: the express path (MongoDB's IDHACK / EXPRESS_IXSCAN) reads that one key instead of
+/// planning. Operator documents, regexes, arrays and undefined go through the planner.
+pub fn id_equality_key(filter: &Document) -> Option<Vec<u8>> {
+    if filter.len() != 1 {
+        return None;
+    }
+    let value = filter.get("_id")?;
+    match value {
+        Bson::Document(inner) if inner.keys().next().is_some_and(|key| key.starts_with('$')) => {
+            None
+        }
+        Bson::RegularExpression(_) | Bson::Array(_) | Bson::Undefined => None,
+        other => id_key(other).ok(),
+    }
+}
+
 /// The `_id` key of a stored document.
 pub fn document_id_key(document: &Document) -> Result<Vec<u8>> {
     match document.get("_id") {
@@ -169,7 +186,7 @@ pub fn fetch(snapshot: &Snapshot, ident: u64, id_key: &[u8]) -> Result<Option<Do
 }
 
 /// A collection open for writing in one unit of work.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Collection {
     pub meta: CollectionMeta,
     pub indexes: Vec<Index>,
@@ -385,6 +402,46 @@ impl Collection {
     }
 }
 
+/// Parsed collections by table ident, so that a command does not parse key patterns and
+/// partial filters again: an entry is reused while its catalog entry is the same version (the
+/// catalog mirror hands out one `Arc` per version).
+#[derive(Debug, Default)]
+pub struct CollectionCache {
+    entries: parking_lot::Mutex<
+        std::collections::HashMap<
+            u64,
+            (std::sync::Arc<CollectionMeta>, std::sync::Arc<Collection>),
+        >,
+    >,
+}
+
+/// Entries the cache holds before it starts over (collections are few; this bounds the
+/// leftovers of dropped ones).
+const COLLECTION_CACHE_ENTRIES_MAX: usize = 10_000;
+
+impl CollectionCache {
+    /// The parsed collection for this catalog version.
+    pub fn get(&self, meta: &std::sync::Arc<CollectionMeta>) -> Result<std::sync::Arc<Collection>> {
+        if let Some((cached_meta, collection)) = self.entries.lock().get(&meta.ident) {
+            if std::sync::Arc::ptr_eq(cached_meta, meta) {
+                return Ok(collection.clone());
+            }
+        }
+        let collection = std::sync::Arc::new(Collection::load(meta)?);
+        let mut entries = self.entries.lock();
+        if entries.len() >= COLLECTION_CACHE_ENTRIES_MAX {
+            entries.clear();
+        }
+        entries.insert(meta.ident, (meta.clone(), collection.clone()));
+        Ok(collection)
+    }
+
+    /// A copy to write through (it records multikey paths as it goes).
+    pub fn for_writing(&self, meta: &std::sync::Arc<CollectionMeta>) -> Result<Collection> {
+        Ok((*self.get(meta)?).clone())
+    }
+}
+
 /// Checks a document a user inserts or replaces with: top-level field names may not start with
 /// `$`, and `_id` must be a legal `_id`.
 pub fn check_user_document(document: &Document) -> Result<()> {
@@ -431,6 +488,22 @@ mod tests {
             vec!["a".to_owned(), "a.b.c".to_owned(), "d".to_owned()]
         );
         assert_eq!(decode_multikey_paths(&pattern, &encoded), paths);
+    }
+
+    #[test]
+    fn id_equality_is_recognised_only_when_plain() {
+        assert_eq!(
+            id_equality_key(&doc! {"_id": 5}),
+            Some(keystring::encode(&Bson::Int32(5)))
+        );
+        assert_eq!(
+            id_equality_key(&doc! {"_id": {"a": 1}}),
+            Some(keystring::encode(&Bson::Document(doc! {"a": 1})))
+        );
+        assert_eq!(id_equality_key(&doc! {"_id": {"$gt": 5}}), None);
+        assert_eq!(id_equality_key(&doc! {"_id": [1]}), None);
+        assert_eq!(id_equality_key(&doc! {"_id": 5, "a": 1}), None);
+        assert_eq!(id_equality_key(&doc! {"a": 5}), None);
     }
 
     #[test]

@@ -28,6 +28,9 @@ use cairn_types::{Error, ErrorCode, Namespace, Result, Timestamp};
 use std::collections::{HashSet, VecDeque};
 use std::ops::Bound;
 
+/// The plan summary of a read by `_id` equality that skips planning (MongoDB 8.0's name).
+pub const EXPRESS_PLAN_SUMMARY: &str = "EXPRESS_IXSCAN { _id: 1 }";
+
 /// Default size of a find's first batch (MongoDB: 101 documents).
 pub const FIRST_BATCH_DOCUMENTS_DEFAULT: u64 = 101;
 
