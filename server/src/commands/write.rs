@@ -20,7 +20,7 @@ use bson::{Bson, Document, doc};
 use cairn_locking::LockMode;
 use cairn_locking::YieldPolicy;
 use cairn_query::Matcher;
-use cairn_query::commands::{DeleteCommand, FindAndModifyCommand, UpdateCommand};
+use cairn_query::commands::{DeleteCommand, FindAndModifyCommand, UpdateCommand, UpdateStatement};
 use cairn_query::planner::{CanonicalQuery, Hint, plan};
 use cairn_query::projection::Projection;
 use cairn_query::sort::SortSpec;
@@ -664,13 +664,12 @@ struct UpdateResult {
 fn run_update_statement(
     opctx: &OpCtx<'_>,
     ns: &Namespace,
-    raw_filter: &Document,
+    statement: &UpdateStatement,
     filter: &Matcher,
     update: &Update,
-    multi: bool,
-    upsert_wanted: bool,
-    hint: Option<Hint>,
 ) -> Result<UpdateResult> {
+    let raw_filter = &statement.query;
+    let (multi, upsert_wanted, hint) = (statement.multi, statement.upsert, statement.hint.clone());
     let mut result = UpdateResult {
         matched: 0,
         modified: 0,
@@ -761,16 +760,7 @@ pub(crate) fn update(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Documen
         let outcome = statement
             .to_update(command.let_variables.as_ref())
             .and_then(|(filter, update)| {
-                run_update_statement(
-                    opctx,
-                    &ns,
-                    &statement.query,
-                    &filter,
-                    &update,
-                    statement.multi,
-                    statement.upsert,
-                    statement.hint.clone(),
-                )
+                run_update_statement(opctx, &ns, statement, &filter, &update)
             });
         match outcome {
             Ok(result) => {

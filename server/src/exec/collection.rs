@@ -407,13 +407,11 @@ impl Collection {
 /// catalog mirror hands out one `Arc` per version).
 #[derive(Debug, Default)]
 pub struct CollectionCache {
-    entries: parking_lot::Mutex<
-        std::collections::HashMap<
-            u64,
-            (std::sync::Arc<CollectionMeta>, std::sync::Arc<Collection>),
-        >,
-    >,
+    entries: parking_lot::Mutex<std::collections::HashMap<u64, CachedCollection>>,
 }
+
+/// A catalog version and the collection parsed from it.
+type CachedCollection = (std::sync::Arc<CollectionMeta>, std::sync::Arc<Collection>);
 
 /// Entries the cache holds before it starts over (collections are few; this bounds the
 /// leftovers of dropped ones).
