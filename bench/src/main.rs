@@ -4,9 +4,14 @@
 mod locking;
 #[cfg(feature = "peers")]
 mod peers;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod query;
 mod report;
+mod roundtrip;
+mod server;
 mod storage;
+mod ycsb;
 
 use clap::Parser;
 
@@ -27,6 +32,10 @@ struct Arguments {
     /// Run only systems whose name contains this.
     #[arg(long)]
     system: Option<String>,
+    /// The server suite's transports to cairn: grpc (cairn-driver), wire (MongoDB's wire
+    /// protocol through the official `mongodb` driver) or both.
+    #[arg(long, default_value = "both", value_parser = ["grpc", "wire", "both"])]
+    protocol: String,
 }
 
 /// What every suite receives.
@@ -34,6 +43,8 @@ pub struct Settings {
     pub quick: bool,
     pub workload: Option<String>,
     pub system: Option<String>,
+    /// `grpc`, `wire` or `both` (the server suite).
+    pub protocol: String,
 }
 
 impl Settings {
@@ -59,11 +70,13 @@ fn main() -> anyhow::Result<()> {
         quick: arguments.quick,
         workload: arguments.workload,
         system: arguments.system,
+        protocol: arguments.protocol,
     };
     match arguments.suite.as_str() {
         "storage" => storage::run(&settings, &mut reporter),
         "locking" => locking::run(&settings, &mut reporter),
         "query" => query::run(&settings, &mut reporter),
+        "server" => server::run(&settings, &mut reporter),
         other => anyhow::bail!("unknown suite '{other}'"),
     }
 }

@@ -16,7 +16,9 @@ pub struct Latencies {
 impl Latencies {
     pub fn new() -> Latencies {
         // 1 us to 100 s at 3 significant digits.
-        Latencies { histogram: Histogram::new_with_bounds(1, 100_000_000, 3).expect("bounds") }
+        Latencies {
+            histogram: Histogram::new_with_bounds(1, 100_000_000, 3).expect("bounds"),
+        }
     }
 
     pub fn record(&mut self, elapsed: Duration) {
@@ -67,7 +69,11 @@ impl Record {
         object.insert("threads".into(), self.threads.into());
         object.insert("ops".into(), self.ops.into());
         object.insert("seconds".into(), round3(self.seconds).into());
-        let rate = if self.seconds > 0.0 { self.ops as f64 / self.seconds } else { 0.0 };
+        let rate = if self.seconds > 0.0 {
+            self.ops as f64 / self.seconds
+        } else {
+            0.0
+        };
         object.insert("ops_per_sec".into(), round3(rate).into());
         if let Some(latencies) = &self.latencies {
             object.insert("p50_us".into(), latencies.quantile_us(0.50).into());
