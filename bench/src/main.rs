@@ -1,6 +1,11 @@
 //! `cairn-bench <suite> [--quick] [--json FILE]`: contention benchmarks that measure cairn side
 //! by side with peers in the same run and print one JSON object per measurement.
 
+/// mimalloc, as cairnd: commands allocate many small BSON values (the node runs in this
+/// process).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod locking;
 #[cfg(feature = "peers")]
 mod peers;

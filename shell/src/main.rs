@@ -12,6 +12,11 @@
 //! 3 cannot connect (no server reachable, or the embedded default could not start);
 //! 130 interrupted by Ctrl-C; `quit(n)` exits with n.
 
+/// mimalloc, as cairnd: commands allocate many small BSON values (the node runs in this
+/// process).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context as _;
 use cairn_driver::{Client, ClientOptions};
 use cairn_shell::embedded::{self, EmbeddedOptions};
