@@ -16,6 +16,10 @@ use tokio::net::TcpStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::{Request, Response, Status};
 
+/// Requests up to this size are parsed on the async worker (and may run there, see
+/// `Node::try_run_command_inline`); larger ones are parsed on a blocking thread.
+const INLINE_REQUEST_MAX_BYTES: usize = 64 * 1024;
+
 /// The RunCommand service of one node.
 pub struct CairnService {
     node: Node,
@@ -168,9 +172,25 @@ impl Cairn for CairnService {
             node: node.clone(),
             done: false,
         };
-        let reply = tokio::task::spawn_blocking(move || node.run_command_bytes(&client, &bytes))
+        // A small request is parsed here and, if it cannot wait, run here too; anything else
+        // runs on a blocking thread.
+        let inline_attempt = if bytes.len() <= INLINE_REQUEST_MAX_BYTES {
+            match node.parse_command_bytes(&bytes) {
+                Err(reply) => Ok(reply),
+                Ok(command) => node.try_run_command_inline(&client, command).map_err(Some),
+            }
+        } else {
+            Err(None)
+        };
+        let reply = match inline_attempt {
+            Ok(reply) => reply,
+            Err(parsed) => tokio::task::spawn_blocking(move || match parsed {
+                Some(command) => node.run_command(&client, command),
+                None => node.run_command_bytes(&client, &bytes),
+            })
             .await
-            .map_err(|error| Status::internal(format!("command task failed: {error}")))?;
+            .map_err(|error| Status::internal(format!("command task failed: {error}")))?,
+        };
         cancel.done = true;
         let mut document = Vec::new();
         reply

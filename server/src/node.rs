@@ -155,11 +155,25 @@ impl Node {
         commands::run(&self.inner, client, command)
     }
 
-    /// Runs a command given as BSON bytes (what the transports receive): malformed BSON is an
-    /// error reply, not a crash.
-    pub fn run_command_bytes(&self, client: &ClientInfo, bytes: &[u8]) -> Document {
+    /// Runs a command on the caller's thread only if it can finish without waiting (for a
+    /// lock, a ticket, another operation or the disk): a transport's async worker calls this
+    /// first and runs the command on a blocking thread when it gets it back (`Err`). See
+    /// `commands::Execution::Inline`.
+    pub fn try_run_command_inline(
+        &self,
+        client: &ClientInfo,
+        command: Document,
+    ) -> Result<Document, Document> {
+        match commands::run_as(&self.inner, client, command, commands::Execution::Inline) {
+            commands::Ran::Reply(reply) => Ok(reply),
+            commands::Ran::WouldBlock(command) => Err(command),
+        }
+    }
+
+    /// Parses a command given as BSON bytes, or answers it with the error reply.
+    pub fn parse_command_bytes(&self, bytes: &[u8]) -> Result<Document, Document> {
         if bytes.len() > cairn_types::limits::MESSAGE_SIZE_MAX_BYTES {
-            return Error::new(
+            return Err(Error::new(
                 ErrorCode::BSONObjectTooLarge,
                 format!(
                     "command of {} bytes is over the message limit of {} bytes",
@@ -167,11 +181,17 @@ impl Node {
                     cairn_types::limits::MESSAGE_SIZE_MAX_BYTES
                 ),
             )
-            .to_reply();
+            .to_reply());
         }
-        match parse_command(bytes) {
+        parse_command(bytes).map_err(|error| error.to_reply())
+    }
+
+    /// Runs a command given as BSON bytes (what the transports receive): malformed BSON is an
+    /// error reply, not a crash.
+    pub fn run_command_bytes(&self, client: &ClientInfo, bytes: &[u8]) -> Document {
+        match self.parse_command_bytes(bytes) {
             Ok(command) => self.run_command(client, command),
-            Err(error) => error.to_reply(),
+            Err(reply) => reply,
         }
     }
 

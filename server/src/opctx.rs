@@ -120,6 +120,10 @@ pub struct OpCtx<'a> {
     pub info: Arc<OpInfo>,
     /// maxTimeMS as an instant, for waits outside the lock manager.
     pub deadline: Option<Instant>,
+    /// Running inline on a transport's async worker (`commands::Execution::Inline`): every
+    /// lock and ticket is taken without waiting (a wait ends at once with LockTimeout), and
+    /// handlers give up with LockTimeout before anything that could wait.
+    pub inline: bool,
 }
 
 impl<'a> OpCtx<'a> {
@@ -131,9 +135,11 @@ impl<'a> OpCtx<'a> {
         ns: String,
         command: &Document,
         max_time_ms: Option<u64>,
+        inline: bool,
     ) -> OpCtx<'a> {
         let locker = node.locks.new_locker(LockerOptions {
             max_time_ms,
+            lock_timeout_ms: inline.then_some(0),
             ..LockerOptions::new(client.desc())
         });
         let mut client = client.clone();
@@ -163,6 +169,7 @@ impl<'a> OpCtx<'a> {
             locker,
             info,
             deadline: max_time_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
+            inline,
         }
     }
 
@@ -176,6 +183,18 @@ impl<'a> OpCtx<'a> {
             return Err(Error::new(
                 ErrorCode::MaxTimeMSExpired,
                 "operation exceeded time limit",
+            ));
+        }
+        Ok(())
+    }
+
+    /// In an inline attempt, the error that hands the command back to run it on a thread that
+    /// may block (see `commands::Execution::Inline`).
+    pub fn require_blocking(&self, why: &str) -> Result<()> {
+        if self.inline {
+            return Err(Error::new(
+                ErrorCode::LockTimeout,
+                format!("an inline attempt would wait: {why}"),
             ));
         }
         Ok(())

@@ -98,23 +98,24 @@ impl Job {
 
 /// Group commit by leader hand-over (as LevelDB's and RocksDB's write groups): a caller that
 /// queues a job when no leader is active becomes the leader and runs one batch itself, with no
-/// thread switch: the batch is every queued commit (up to `commit_batch_requests_max`), or one
-/// other job. Callers that queue while a batch runs wait; when the leader finishes, it asks the
-/// waiter of the next queued job to lead. Invariant: no leader active implies an empty queue.
+/// thread switch: the batch is the run of commits and journal flushes at the head of the queue
+/// (up to `commit_batch_requests_max`), or one other job. Callers that queue while a batch runs
+/// wait; when the leader finishes, it asks the waiter of the next queued job to lead.
+/// Invariant: no leader active implies an empty queue.
 pub(crate) fn lead(inner: &Inner) {
     let jobs = {
         let mut queue = inner.queue.lock();
         assert!(queue.leader_active, "only the leader takes jobs");
         let mut jobs = Vec::new();
         while let Some(job) = queue.jobs.front() {
-            let is_commit = matches!(job, Job::Commit(_));
+            let batches = matches!(job, Job::Commit(_) | Job::Flush(_));
             if !jobs.is_empty()
-                && (!is_commit || jobs.len() >= inner.config.commit_batch_requests_max)
+                && (!batches || jobs.len() >= inner.config.commit_batch_requests_max)
             {
                 break;
             }
             jobs.push(queue.jobs.pop_front().expect("front exists"));
-            if !is_commit {
+            if !batches {
                 break;
             }
         }
@@ -168,17 +169,25 @@ pub(crate) fn run_periodic(inner: Arc<Inner>) {
     }
 }
 
-/// Processes jobs: a run of commits as one batch, or one other job. The caller holds the
-/// writer mutex.
+/// Processes jobs: a run of commits and journal flushes as one batch, or one other job. The
+/// caller holds the writer mutex.
+///
+/// The commits of a batch commit first, then every flush of the batch shares one durable
+/// commit (concurrent `j: true` writers share one fsync). A flush promises that every commit
+/// visible when it was asked for is durable when it returns; running it after commits queued
+/// behind it only makes more durable.
 pub(crate) fn process(inner: &Inner, jobs: Vec<Job>) {
     let mut commits = Vec::new();
+    let mut flushes = Vec::new();
     for job in jobs {
         match job {
             Job::Commit(request) => commits.push(request),
+            Job::Flush(done) => flushes.push(done),
             other => {
-                if !commits.is_empty() {
-                    commit_batch(inner, std::mem::take(&mut commits));
-                }
+                assert!(
+                    commits.is_empty() && flushes.is_empty(),
+                    "jobs other than commits and flushes run alone"
+                );
                 run_job(inner, other);
             }
         }
@@ -186,12 +195,18 @@ pub(crate) fn process(inner: &Inner, jobs: Vec<Job>) {
     if !commits.is_empty() {
         commit_batch(inner, commits);
     }
+    if !flushes.is_empty() {
+        let flushed = durable_marker(inner, None);
+        Counters::add(&inner.counters.flushes_shared, flushes.len() as u64 - 1);
+        for done in flushes {
+            done.complete(flushed.clone());
+        }
+    }
 }
 
 fn run_job(inner: &Inner, job: Job) {
     match job {
-        Job::Commit(_) => unreachable!("commits are batched"),
-        Job::Flush(done) => done.complete(durable_marker(inner, None)),
+        Job::Commit(_) | Job::Flush(_) => unreachable!("commits and flushes are batched"),
         Job::Checkpoint {
             clean_shutdown,
             done,

@@ -487,6 +487,7 @@ impl Engine {
 
     /// Makes every visible commit durable (one fsync); returns the durable timestamp.
     pub fn flush(&self) -> Result<Timestamp, Error> {
+        Counters::add(&self.inner.counters.flushes, 1);
         let done = Completion::new();
         self.run_job(Job::Flush(done.clone()), &done)
     }
@@ -588,6 +589,8 @@ impl Engine {
             commits: Counters::load(&c.commits),
             commit_batches: Counters::load(&c.commit_batches),
             durable_commits: Counters::load(&c.durable_commits),
+            flushes: Counters::load(&c.flushes),
+            flushes_shared: Counters::load(&c.flushes_shared),
             write_conflicts: Counters::load(&c.write_conflicts),
             write_conflict_waits: Counters::load(&c.write_conflict_waits),
             versions_written: Counters::load(&c.versions_written),

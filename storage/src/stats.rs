@@ -9,6 +9,8 @@ pub(crate) struct Counters {
     pub commits: AtomicU64,
     pub commit_batches: AtomicU64,
     pub durable_commits: AtomicU64,
+    pub flushes: AtomicU64,
+    pub flushes_shared: AtomicU64,
     pub write_conflicts: AtomicU64,
     pub write_conflict_waits: AtomicU64,
     pub versions_written: AtomicU64,
@@ -34,6 +36,10 @@ pub struct EngineStats {
     pub commits: u64,
     pub commit_batches: u64,
     pub durable_commits: u64,
+    /// Journal flushes asked for (`Engine::flush`, as `j: true` writes do).
+    pub flushes: u64,
+    /// Flushes answered by the durable commit of another flush in the same batch.
+    pub flushes_shared: u64,
     pub write_conflicts: u64,
     pub write_conflict_waits: u64,
     pub versions_written: u64,
@@ -71,6 +77,8 @@ impl EngineStats {
             "commits": self.commits as i64,
             "commitBatches": self.commit_batches as i64,
             "durableCommits": self.durable_commits as i64,
+            "flushes": self.flushes as i64,
+            "flushesShared": self.flushes_shared as i64,
             "largestCommitBatch": self.largest_batch as i64,
             "writeConflicts": self.write_conflicts as i64,
             "writeConflictWaits": self.write_conflict_waits as i64,

@@ -561,6 +561,63 @@ fn data_survives_a_clean_restart_and_journaled_commits_survive_a_crash() {
 }
 
 #[test]
+fn concurrent_flushes_share_durable_commits_and_every_flushed_commit_survives_a_crash() {
+    for backend in backends() {
+        let clock = clock();
+        let engine = open(&backend.backend, &clock);
+        let threads = 8i64;
+        let rounds = 25i64;
+        let before = engine.stats();
+        std::thread::scope(|scope| {
+            for thread in 0..threads {
+                let engine = &engine;
+                scope.spawn(move || {
+                    for round in 0..rounds {
+                        let mut unit = engine.begin_write();
+                        unit.put(TABLE, &key(thread * rounds + round), &value("flushed"))
+                            .unwrap();
+                        let committed = unit.commit(Durability::Visible).unwrap();
+                        let durable = engine.flush().unwrap();
+                        assert!(
+                            durable >= committed.last_ts,
+                            "a flush covers every commit visible before it"
+                        );
+                    }
+                });
+            }
+        });
+        let after = engine.stats();
+        let flushes = after.flushes - before.flushes;
+        assert_eq!(flushes, (threads * rounds) as u64, "{}", backend.name);
+        assert!(after.durable_ts >= after.visible_ts, "{}", backend.name);
+        if backend.name == "disk" {
+            // Eight threads flushing at once queue behind each other's fsync: some share one.
+            assert!(
+                after.flushes_shared > before.flushes_shared,
+                "no flush shared a durable commit"
+            );
+        }
+        if let cairn_storage::Backend::Crashable(memory) = &backend.backend {
+            engine.simulate_crash();
+            memory.crash();
+            let engine = open(&backend.backend, &clock);
+            let snapshot = engine.snapshot(ReadAt::Latest).unwrap();
+            for id in 0..threads * rounds {
+                assert_eq!(
+                    snapshot.get(TABLE, &key(id)).unwrap(),
+                    Some(value("flushed")),
+                    "key {id} was flushed before the crash"
+                );
+            }
+            drop(snapshot);
+            engine.close().unwrap();
+        } else {
+            engine.close().unwrap();
+        }
+    }
+}
+
+#[test]
 fn a_second_engine_on_the_same_dbpath_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let backend = cairn_storage::Backend::Disk(dir.path().to_path_buf());

@@ -274,47 +274,133 @@ fn ensure_ok(mut reply: Document) -> Document {
     reply
 }
 
-/// Runs one command document.
+/// Where a command runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Execution {
+    /// On a thread that may block (a blocking-pool thread): waits for locks, tickets, other
+    /// writers and the disk as long as the operation's limits allow.
+    Blocking,
+    /// On the transport's own async worker, only if it can finish without waiting: commands
+    /// that never wait ([`INLINE_COMMANDS`]), and finds answered by the `_id` express path,
+    /// with every lock and ticket taken without waiting. Anything that would wait hands the
+    /// command back ([`Ran::WouldBlock`]) before it has had any effect, to run it `Blocking`.
+    /// This saves a short read the two thread hand-offs of a blocking-pool round trip, which
+    /// cost more than the read itself (docs/benchmarks.md).
+    Inline,
+}
+
+/// Commands that may run [`Execution::Inline`]: they never wait (for a lock, the disk or
+/// another operation), or (`find`) give up at the first wait.
+const INLINE_COMMANDS: &[&str] = &[
+    "ping",
+    "hello",
+    "isMaster",
+    "ismaster",
+    "buildInfo",
+    "buildinfo",
+    "whatsmyuri",
+    "find",
+];
+
+/// What an attempt to run a command produced.
+pub(crate) enum Ran {
+    Reply(Document),
+    /// An inline attempt that would have waited: the command, untouched, to run `Blocking`.
+    WouldBlock(Document),
+}
+
+/// Runs one command document on a thread that may block.
 pub(crate) fn run(node: &NodeInner, client: &ClientInfo, body: Document) -> Document {
+    match run_as(node, client, body, Execution::Blocking) {
+        Ran::Reply(reply) => reply,
+        Ran::WouldBlock(_) => unreachable!("a blocking execution does not hand its command back"),
+    }
+}
+
+/// Runs one command document as `execution` allows.
+pub(crate) fn run_as(
+    node: &NodeInner,
+    client: &ClientInfo,
+    body: Document,
+    execution: Execution,
+) -> Ran {
+    let inline = execution == Execution::Inline;
+    if inline && !inline_candidate(&body) {
+        return Ran::WouldBlock(body);
+    }
+    // An inline attempt that gives up must hand back the command as it came.
+    let original = inline.then(|| body.clone());
+    Ran::Reply(match run_request(node, client, body, inline) {
+        Some(reply) => reply,
+        None => {
+            return Ran::WouldBlock(original.expect("only inline attempts give up"));
+        }
+    })
+}
+
+/// Whether a command is worth an inline attempt: its name is one of [`INLINE_COMMANDS`] and,
+/// for hello, it does not ask to wait for a topology change.
+fn inline_candidate(body: &Document) -> bool {
+    let Some((name, _)) = body.iter().next() else {
+        return false;
+    };
+    INLINE_COMMANDS.contains(&name.as_str()) && !body.contains_key("maxAwaitTimeMS")
+}
+
+/// Runs a request; `None` when `inline` and it would have waited (nothing was done).
+fn run_request(
+    node: &NodeInner,
+    client: &ClientInfo,
+    body: Document,
+    inline: bool,
+) -> Option<Document> {
     let request = match parse_request(body) {
         Ok(request) => request,
         Err(error) => {
             crate::metrics::add(&node.metrics.commands_failed, 1);
-            return error.to_reply();
+            return Some(error.to_reply());
         }
     };
     let Some(spec) = find_command(&request.name) else {
         crate::metrics::add(&node.metrics.commands_failed, 1);
-        return Error::new(
-            ErrorCode::CommandNotFound,
-            format!("no such command: '{}'", request.name),
-        )
-        .to_reply();
+        return Some(
+            Error::new(
+                ErrorCode::CommandNotFound,
+                format!("no such command: '{}'", request.name),
+            )
+            .to_reply(),
+        );
     };
     if node.shutting_down.load(Ordering::SeqCst) {
-        return Error::new(
-            ErrorCode::ShutdownInProgress,
-            "The server is in quiesce mode and will shut down",
-        )
-        .to_reply();
+        return Some(
+            Error::new(
+                ErrorCode::ShutdownInProgress,
+                "The server is in quiesce mode and will shut down",
+            )
+            .to_reply(),
+        );
     }
     // Transactions and retryable writes need a replica set, as on a standalone mongod.
     if ["txnNumber", "startTransaction", "autocommit"]
         .iter()
         .any(|field| request.body.contains_key(field))
     {
-        return Error::new(
-            ErrorCode::IllegalOperation,
-            "Transaction numbers are only allowed on a replica set member or mongos",
-        )
-        .to_reply();
+        return Some(
+            Error::new(
+                ErrorCode::IllegalOperation,
+                "Transaction numbers are only allowed on a replica set member or mongos",
+            )
+            .to_reply(),
+        );
     }
     if spec.admin_only && request.db != "admin" {
-        return Error::new(
-            ErrorCode::Unauthorized,
-            format!("{} may only be run against the admin database.", spec.name),
-        )
-        .to_reply();
+        return Some(
+            Error::new(
+                ErrorCode::Unauthorized,
+                format!("{} may only be run against the admin database.", spec.name),
+            )
+            .to_reply(),
+        );
     }
     let counter = match spec.kind {
         OpKind::Query => &node.metrics.op_query,
@@ -324,7 +410,10 @@ pub(crate) fn run(node: &NodeInner, client: &ClientInfo, body: Document) -> Docu
         OpKind::GetMore => &node.metrics.op_getmore,
         OpKind::Command => &node.metrics.op_command,
     };
-    crate::metrics::add(counter, 1);
+    // An inline attempt is counted once it is known not to hand the command back.
+    if !inline {
+        crate::metrics::add(counter, 1);
+    }
     let result = (|| -> Result<Document> {
         let max_time_ms = parse_max_time_ms(&request.body)?;
         let ns = match (spec.on_collection, request.target()) {
@@ -338,6 +427,7 @@ pub(crate) fn run(node: &NodeInner, client: &ClientInfo, body: Document) -> Docu
             ns,
             &request.body,
             max_time_ms,
+            inline,
         );
         let handler = spec.handler;
         let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -357,17 +447,32 @@ pub(crate) fn run(node: &NodeInner, client: &ClientInfo, body: Document) -> Docu
                 ))
             }
         };
-        log_if_slow(&opctx, &request, &outcome);
+        if !(inline && outcome.as_ref().is_err_and(would_wait)) {
+            log_if_slow(&opctx, &request, &outcome);
+        }
         outcome
     })();
-    match result {
+    if inline && result.as_ref().is_err_and(would_wait) {
+        return None;
+    }
+    if inline {
+        crate::metrics::add(counter, 1);
+    }
+    Some(match result {
         Ok(reply) => ensure_ok(reply),
         Err(error) => {
             crate::metrics::add(&node.metrics.commands_failed, 1);
             tracing::debug!(command = %request.name, %error, "command failed");
             error.to_reply()
         }
-    }
+    })
+}
+
+/// Whether an inline attempt ended because it would have waited: its locker's lock timeout is
+/// zero, so any wait for a lock or ticket ends at once with LockTimeout; the express find
+/// gives up with the same code when its query needs a plan.
+fn would_wait(error: &Error) -> bool {
+    error.code == ErrorCode::LockTimeout
 }
 
 /// Operations slower than this are logged (MongoDB's slowms).

@@ -140,6 +140,7 @@ pub(crate) fn find(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Document>
     if let Some(key) = express_key(&command, &query) {
         return express_find(opctx, &ns, &key, query.projection.as_ref());
     }
+    opctx.require_blocking("the query needs a plan")?;
     let read = {
         let _lock = opctx.locker.lock_collection(&ns, LockMode::IS)?;
         let snapshot = engine.snapshot(ReadAt::Latest)?;

@@ -97,6 +97,17 @@ fn run(
 ) -> Ran {
     let hello = is_hello(&command);
     let reply = node.run_command(client, command);
+    finish(client, hello, reply, reply_to, request_id)
+}
+
+/// Encodes a command's reply, and remembers what a hello told the client.
+fn finish(
+    client: &ClientInfo,
+    hello: bool,
+    reply: Document,
+    reply_to: ReplyTo,
+    request_id: i32,
+) -> Ran {
     if reply_to == ReplyTo::Nothing {
         if let Ok(0.0) = reply.get_f64("ok") {
             tracing::debug!(connection = client.connection_id, %reply, "a moreToCome command failed; no reply is sent");
@@ -177,36 +188,45 @@ pub(crate) async fn serve_connection(
                 let slot = Arc::new(OpSlot::default());
                 let mut client = guard.client().clone();
                 client.op_slot = Some(slot.clone());
-                let running_node = node.clone();
-                let mut task = tokio::task::spawn_blocking(move || {
-                    run(&running_node, &client, command, reply_to, request_id)
-                });
-                let mut watching_peer = true;
-                let mut watching_stop = true;
-                let ran = loop {
-                    tokio::select! {
-                        ran = &mut task => break ran,
-                        _ = peer_closed(&mut reader), if watching_peer => {
-                            tracing::info!(connection, %remote, "client went away: killing its operation");
-                            kill(&node, &slot, ErrorCode::ClientDisconnect);
-                            watching_peer = false;
+                // A command that cannot wait runs here, saving two thread hand-offs; anything
+                // else on a blocking thread, watched for the peer leaving and for shutdown.
+                let hello = is_hello(&command);
+                let ran = match node.try_run_command_inline(&client, command) {
+                    Ok(reply) => finish(&client, hello, reply, reply_to, request_id),
+                    Err(command) => {
+                        let running_node = node.clone();
+                        let mut task = tokio::task::spawn_blocking(move || {
+                            run(&running_node, &client, command, reply_to, request_id)
+                        });
+                        let mut watching_peer = true;
+                        let mut watching_stop = true;
+                        let ran = loop {
+                            tokio::select! {
+                                ran = &mut task => break ran,
+                                _ = peer_closed(&mut reader), if watching_peer => {
+                                    tracing::info!(connection, %remote, "client went away: killing its operation");
+                                    kill(&node, &slot, ErrorCode::ClientDisconnect);
+                                    watching_peer = false;
+                                }
+                                _ = stopped(&mut stop), if watching_stop => {
+                                    kill(&node, &slot, ErrorCode::InterruptedAtShutdown);
+                                    watching_stop = false;
+                                }
+                            }
+                        };
+                        let ran = match ran {
+                            Ok(ran) => ran,
+                            Err(error) => {
+                                tracing::error!(connection, %remote, %error, "command task failed: closing the connection");
+                                break;
+                            }
+                        };
+                        if !watching_peer {
+                            break;
                         }
-                        _ = stopped(&mut stop), if watching_stop => {
-                            kill(&node, &slot, ErrorCode::InterruptedAtShutdown);
-                            watching_stop = false;
-                        }
+                        ran
                     }
                 };
-                let ran = match ran {
-                    Ok(ran) => ran,
-                    Err(error) => {
-                        tracing::error!(connection, %remote, %error, "command task failed: closing the connection");
-                        break;
-                    }
-                };
-                if !watching_peer {
-                    break;
-                }
                 if ran.topology_version.is_some() {
                     last_topology_version = ran.topology_version;
                 }

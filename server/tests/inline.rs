@@ -1,0 +1,147 @@
+//! Inline execution (`Node::try_run_command_inline`): a transport's async worker runs a command
+//! itself only when it cannot wait; anything that would wait is handed back untouched, and the
+//! same command then runs on a blocking thread with the usual answer.
+
+use bson::{Document, doc};
+use cairn_locking::{LockMode, LockerOptions};
+use cairn_server::{ClientInfo, Node, NodeConfig};
+use cairn_types::Namespace;
+
+fn node() -> (Node, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(NodeConfig {
+        dbpath: dir.path().to_path_buf(),
+        ..NodeConfig::default()
+    })
+    .unwrap();
+    (node, dir)
+}
+
+fn run(node: &Node, command: Document) -> Document {
+    let reply = node.run_command(&ClientInfo::default(), command);
+    assert_eq!(reply.get_f64("ok").unwrap_or(0.0), 1.0, "{reply}");
+    reply
+}
+
+fn first_batch(reply: &Document) -> Vec<Document> {
+    reply
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap()
+        .iter()
+        .map(|value| value.as_document().unwrap().clone())
+        .collect()
+}
+
+fn queries(node: &Node) -> i64 {
+    let status = run(node, doc! {"serverStatus": 1, "$db": "admin"});
+    let counters = status.get_document("opcounters").unwrap();
+    counters
+        .get_i64("query")
+        .or_else(|_| counters.get_i32("query").map(i64::from))
+        .unwrap()
+}
+
+#[test]
+fn an_id_lookup_and_a_ping_run_inline() {
+    let (node, _dir) = node();
+    run(
+        &node,
+        doc! {"insert": "c", "documents": [{"_id": 1, "v": "one"}], "$db": "app"},
+    );
+    let before = queries(&node);
+    let client = ClientInfo::default();
+    let reply = node
+        .try_run_command_inline(
+            &client,
+            doc! {"find": "c", "filter": {"_id": 1}, "$db": "app"},
+        )
+        .expect("an _id lookup with no contention runs inline");
+    assert_eq!(first_batch(&reply), vec![doc! {"_id": 1, "v": "one"}]);
+    let missing = node
+        .try_run_command_inline(
+            &client,
+            doc! {"find": "c", "filter": {"_id": 2}, "$db": "app"},
+        )
+        .unwrap();
+    assert!(first_batch(&missing).is_empty());
+    assert_eq!(
+        queries(&node),
+        before + 2,
+        "each inline find is counted once"
+    );
+    let pong = node
+        .try_run_command_inline(&client, doc! {"ping": 1, "$db": "admin"})
+        .unwrap();
+    assert_eq!(pong.get_f64("ok").unwrap(), 1.0);
+    // Errors are answered inline like any reply.
+    let bad = node
+        .try_run_command_inline(&client, doc! {"find": "c", "filter": 5, "$db": "app"})
+        .unwrap();
+    assert_eq!(bad.get_i32("code").unwrap(), 14, "{bad}");
+}
+
+#[test]
+fn anything_that_could_wait_is_handed_back_untouched() {
+    let (node, _dir) = node();
+    run(
+        &node,
+        doc! {"insert": "c", "documents": [{"_id": 1, "v": 1}, {"_id": 2, "v": 2}], "$db": "app"},
+    );
+    let client = ClientInfo::default();
+    let before = queries(&node);
+    for command in [
+        // Needs a plan (could scan for long).
+        doc! {"find": "c", "filter": {"v": {"$gt": 0}}, "$db": "app"},
+        // Writes wait for other writers and the journal.
+        doc! {"insert": "c", "documents": [{"_id": 3}], "$db": "app"},
+        doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$set": {"v": 5}}}], "$db": "app"},
+        // An awaitable hello waits for a topology change.
+        doc! {"hello": 1, "maxAwaitTimeMS": 100, "$db": "admin"},
+        doc! {"serverStatus": 1, "$db": "admin"},
+    ] {
+        let back = node
+            .try_run_command_inline(&client, command.clone())
+            .expect_err("handed back");
+        assert_eq!(back, command);
+    }
+    assert_eq!(queries(&node), before, "a handed-back find is not counted");
+    let count = run(&node, doc! {"count": "c", "$db": "app"});
+    assert_eq!(count.get_i32("n").unwrap(), 2, "nothing was written inline");
+}
+
+#[test]
+fn an_id_lookup_behind_an_exclusive_lock_is_handed_back_then_answered_after_it() {
+    let (node, _dir) = node();
+    run(
+        &node,
+        doc! {"insert": "c", "documents": [{"_id": 1, "v": 1}], "$db": "app"},
+    );
+    let ns = Namespace::new("app", "c");
+    let holder = node.inner().locks.new_locker(LockerOptions::new("test"));
+    let exclusive = holder.lock_collection(&ns, LockMode::X).unwrap();
+    let command = doc! {"find": "c", "filter": {"_id": 1}, "$db": "app"};
+    let client = ClientInfo::default();
+    let back = node
+        .try_run_command_inline(&client, command.clone())
+        .expect_err("the collection is locked exclusively: the find would wait");
+    assert_eq!(back, command);
+    let lock_info = run(&node, doc! {"lockInfo": 1, "$db": "admin"});
+    assert!(
+        !format!("{lock_info}").contains("conn0"),
+        "the inline attempt left no pending request: {lock_info}"
+    );
+    // The blocking run waits for the lock and answers once it is released.
+    std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| node.run_command(&client, back));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            !waiter.is_finished(),
+            "the find waits for the exclusive lock"
+        );
+        drop(exclusive);
+        let reply = waiter.join().unwrap();
+        assert_eq!(first_batch(&reply), vec![doc! {"_id": 1, "v": 1}]);
+    });
+}
