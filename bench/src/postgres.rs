@@ -175,7 +175,8 @@ impl PostgresPeer {
     }
 
     /// The round-trip workload `workload` (see [`crate::roundtrip`]): a prepared `SELECT 1`,
-    /// or one YCSB read, one at a time on one connection.
+    /// one YCSB read, or one YCSB update (`synchronous_commit=off`), one at a time on one
+    /// connection.
     pub fn roundtrip(
         &mut self,
         client_runtime: &tokio::runtime::Runtime,
@@ -188,6 +189,12 @@ impl PostgresPeer {
                 None => PostgresSession::connect(&self.conninfo).await?,
             };
             let ping = session.client.prepare("SELECT 1").await?;
+            if workload == "roundtrip_update" {
+                session
+                    .client
+                    .batch_execute("SET synchronous_commit TO off")
+                    .await?;
+            }
             let session = Arc::new(tokio::sync::Mutex::new(session));
             let timed = session.clone();
             let measurement = crate::roundtrip::time_requests(plan, move |key| {
@@ -195,13 +202,18 @@ impl PostgresPeer {
                 let ping = ping.clone();
                 async move {
                     let mut session = session.lock().await;
-                    if workload == "roundtrip_ping" {
-                        let row = session.client.query_one(&ping, &[]).await?;
-                        let one: i32 = row.try_get(0)?;
-                        anyhow::ensure!(one == 1, "SELECT 1 returned {one}");
-                        Ok(())
-                    } else {
-                        session.read(&key).await
+                    match workload {
+                        "roundtrip_ping" => {
+                            let row = session.client.query_one(&ping, &[]).await?;
+                            let one: i32 = row.try_get(0)?;
+                            anyhow::ensure!(one == 1, "SELECT 1 returned {one}");
+                            Ok(())
+                        }
+                        "roundtrip_update" => {
+                            let (field, value) = crate::roundtrip::update_value();
+                            session.update(&key, field, &value).await
+                        }
+                        _ => session.read(&key).await,
                     }
                 }
             })

@@ -1,8 +1,10 @@
-//! The `roundtrip_ping` and `roundtrip_read` workloads of the `server` suite: one client, one
-//! request at a time, so that each layer's share of a request's latency shows (issue 9's
-//! "per-request overhead of each transport"). `roundtrip_ping` is the command `{ping: 1}` (for
-//! PostgreSQL, a prepared `SELECT 1`); `roundtrip_read` is a YCSB read of one record (zipfian
-//! key), as in workload C. The `protocol` field of cairn's records says which path:
+//! The `roundtrip_ping`, `roundtrip_read` and `roundtrip_update` workloads of the `server`
+//! suite: one client, one request at a time, so that each layer's share of a request's latency
+//! shows (issue 9's "per-request overhead of each transport"). `roundtrip_ping` is the command
+//! `{ping: 1}` (for PostgreSQL, a prepared `SELECT 1`); `roundtrip_read` is a YCSB read of one
+//! record (zipfian key), as in workload C; `roundtrip_update` a YCSB update of one field with
+//! relaxed durability (cairn `{w: 1, j: false}`, PostgreSQL `synchronous_commit=off`), as in
+//! workload A. The `protocol` field of cairn's records says which path:
 //! - `in_process`: `Node::run_command_bytes` called directly on this thread: the command
 //!   dispatcher, locks, planner, storage and reply, with no transport and no thread switch;
 //! - `wire_raw`: MongoDB's wire protocol from a hand-written OP_MSG client (one TCP
@@ -21,8 +23,13 @@ use std::future::Future;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The two round-trip workloads.
-pub const WORKLOADS: [&str; 2] = ["roundtrip_ping", "roundtrip_read"];
+/// The round-trip workloads.
+pub const WORKLOADS: [&str; 3] = ["roundtrip_ping", "roundtrip_read", "roundtrip_update"];
+
+/// The field and value every `roundtrip_update` sets (a YCSB field of YCSB's size).
+pub fn update_value() -> (usize, String) {
+    (0, "u".repeat(ycsb::FIELD_BYTES))
+}
 
 /// OP_MSG (MongoDB's wire protocol).
 const OP_MSG: i32 = 2013;
@@ -33,6 +40,15 @@ const HEADER_BYTES: usize = 16;
 pub fn command(workload: &str, key: &str) -> Document {
     match workload {
         "roundtrip_ping" => doc! {"ping": 1, "$db": "admin"},
+        "roundtrip_update" => {
+            let (field, value) = update_value();
+            doc! {
+                "update": crate::server::COLLECTION,
+                "updates": [{"q": {"_id": key}, "u": {"$set": {ycsb::field_name(field): value}}}],
+                "writeConcern": {"w": 1, "j": false},
+                "$db": crate::server::DATABASE,
+            }
+        }
         _ => doc! {
             "find": crate::server::COLLECTION,
             "filter": {"_id": key},
@@ -51,6 +67,17 @@ pub fn check_reply(workload: &str, key: &str, reply: &Document) -> anyhow::Resul
         _ => false,
     };
     anyhow::ensure!(ok, "command failed: {reply}");
+    if workload == "roundtrip_update" {
+        let matched = match reply.get("n") {
+            Some(bson::Bson::Int32(n)) => i64::from(*n),
+            Some(bson::Bson::Int64(n)) => *n,
+            _ => 0,
+        };
+        anyhow::ensure!(
+            matched == 1 && !reply.contains_key("writeErrors"),
+            "record {key} not updated: {reply}"
+        );
+    }
     if workload == "roundtrip_read" {
         let batch = reply.get_document("cursor")?.get_array("firstBatch")?;
         let fields = match batch.first() {

@@ -496,7 +496,7 @@ impl CairnPeer {
                 "wire_raw",
                 measurement,
             ));
-            let collection = self.wire_collection(Durability::ReadOnly);
+            let collection = self.wire_collection(roundtrip_durability(workload));
             let admin = self.wire_client.database("admin");
             let measurement =
                 client_runtime.block_on(roundtrip::time_requests(plan, move |key| {
@@ -505,11 +505,16 @@ impl CairnPeer {
                     };
                     let admin = admin.clone();
                     async move {
-                        if workload == "roundtrip_ping" {
-                            let reply = admin.run_command(doc! {"ping": 1}).await?;
-                            roundtrip::check_reply(workload, &key, &reply)
-                        } else {
-                            session.read(&key).await
+                        match workload {
+                            "roundtrip_ping" => {
+                                let reply = admin.run_command(doc! {"ping": 1}).await?;
+                                roundtrip::check_reply(workload, &key, &reply)
+                            }
+                            "roundtrip_update" => {
+                                let (field, value) = roundtrip::update_value();
+                                session.update(&key, field, &value).await
+                            }
+                            _ => session.read(&key).await,
                         }
                     }
                 }))?;
@@ -522,7 +527,7 @@ impl CairnPeer {
             ));
         }
         if protocols.contains(&Protocol::Grpc) {
-            let collection = self.collection(Durability::ReadOnly);
+            let collection = self.collection(roundtrip_durability(workload));
             let admin = self.client.database("admin");
             let measurement =
                 client_runtime.block_on(roundtrip::time_requests(plan, move |key| {
@@ -531,11 +536,16 @@ impl CairnPeer {
                     };
                     let admin = admin.clone();
                     async move {
-                        if workload == "roundtrip_ping" {
-                            let reply = admin.run_command(doc! {"ping": 1}).await?;
-                            roundtrip::check_reply(workload, &key, &reply)
-                        } else {
-                            session.read(&key).await
+                        match workload {
+                            "roundtrip_ping" => {
+                                let reply = admin.run_command(doc! {"ping": 1}).await?;
+                                roundtrip::check_reply(workload, &key, &reply)
+                            }
+                            "roundtrip_update" => {
+                                let (field, value) = roundtrip::update_value();
+                                session.update(&key, field, &value).await
+                            }
+                            _ => session.read(&key).await,
                         }
                     }
                 }))?;
@@ -577,6 +587,15 @@ impl CairnPeer {
         });
         server_runtime.block_on(node.stop())?;
         Ok(())
+    }
+}
+
+/// The durability a round-trip workload's collection handle writes with.
+fn roundtrip_durability(workload: &str) -> Durability {
+    if workload == "roundtrip_update" {
+        Durability::Relaxed
+    } else {
+        Durability::ReadOnly
     }
 }
 
