@@ -127,7 +127,15 @@ fn count(reply: &Document, key: &str) -> u64 {
     reply.get(key).and_then(bson_as_i64).unwrap_or(0).max(0) as u64
 }
 
-fn deserialize<T: DeserializeOwned>(document: Document) -> Result<T> {
+/// A reply document as `T`: moved when `T` is `Document` (most shell and untyped use), else
+/// deserialized through serde.
+pub(crate) fn deserialize<T: DeserializeOwned + 'static>(document: Document) -> Result<T> {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<Document>() {
+        let document: Box<dyn std::any::Any> = Box::new(document);
+        return Ok(*document
+            .downcast::<T>()
+            .expect("T is Document: the type ids are equal"));
+    }
     bson::deserialize_from_document(document).map_err(Error::serialization)
 }
 
@@ -234,7 +242,7 @@ impl<T> Find<T> {
         Cursor::from_reply(
             database.client().clone(),
             reply.address,
-            &reply.document,
+            reply.document,
             self.options.batch_size,
             self.options.max_await_time,
         )
@@ -292,7 +300,7 @@ impl<T> FindOne<T> {
 
     async fn execute(self) -> Result<Option<T>>
     where
-        T: DeserializeOwned,
+        T: DeserializeOwned + 'static,
     {
         let mut cursor = self.find.execute().await?;
         cursor.next_document().await.transpose()
@@ -849,7 +857,7 @@ impl<T> FindAndModify<T> {
 
     async fn execute(self) -> Result<Option<T>>
     where
-        T: DeserializeOwned,
+        T: DeserializeOwned + 'static,
     {
         let command = self.command()?;
         let settings = self.own.over(&self.collection.inherited());
@@ -979,7 +987,7 @@ impl Aggregate {
         Cursor::from_reply(
             self.database.client().clone(),
             reply.address,
-            &reply.document,
+            reply.document,
             self.options.batch_size,
             self.options.max_await_time,
         )
@@ -1258,7 +1266,7 @@ impl ListIndexes {
         Cursor::from_reply(
             database.client().clone(),
             reply.address,
-            &reply.document,
+            reply.document,
             self.batch_size,
             None,
         )
@@ -1442,7 +1450,7 @@ impl ListCollections {
         Cursor::from_reply(
             self.database.client().clone(),
             reply.address,
-            &reply.document,
+            reply.document,
             self.batch_size,
             None,
         )
@@ -1610,7 +1618,7 @@ impl RunCursorCommand {
         Cursor::from_reply(
             self.database.client().clone(),
             reply.address,
-            &reply.document,
+            reply.document,
             self.batch_size,
             self.max_await_time,
         )

@@ -52,7 +52,7 @@ impl<T> Cursor<T> {
     pub(crate) fn from_reply(
         client: Client,
         address: ServerAddress,
-        reply: &Document,
+        reply: Document,
         batch_size: Option<u32>,
         max_await_time: Option<Duration>,
     ) -> Result<Cursor<T>> {
@@ -141,30 +141,28 @@ impl<T> Cursor<T> {
         let db = self.namespace.db.clone();
         async move {
             let reply = client.core().run_on(&address, &db, command, None).await?;
-            let (batch, id, _) = parse_batch(&reply, "nextBatch")?;
+            let (batch, id, _) = parse_batch(reply, "nextBatch")?;
             Ok((batch, id))
         }
         .boxed()
     }
 }
 
-impl<T: DeserializeOwned> Cursor<T> {
+impl<T: DeserializeOwned + 'static> Cursor<T> {
     /// The next document, or `None` at the end.
     pub async fn next_document(&mut self) -> Option<Result<T>> {
         futures::StreamExt::next(self).await
     }
 }
 
-impl<T: DeserializeOwned> Stream for Cursor<T> {
+impl<T: DeserializeOwned + 'static> Stream for Cursor<T> {
     type Item = Result<T>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<T>>> {
         let this = self.get_mut();
         loop {
             if let Some(document) = this.buffer.pop_front() {
-                return Poll::Ready(Some(
-                    bson::deserialize_from_document(document).map_err(Error::serialization),
-                ));
+                return Poll::Ready(Some(crate::action::deserialize(document)));
             }
             if this.pending.is_none() {
                 if this.id == 0 {
@@ -214,10 +212,16 @@ impl<T> Drop for Cursor<T> {
 }
 
 /// `(batch, id, namespace)` of `{cursor: {<field>: [...], id, ns}}`.
-fn parse_batch(reply: &Document, field: &str) -> Result<(VecDeque<Document>, i64, Namespace)> {
-    let cursor = reply
-        .get_document("cursor")
-        .map_err(|_| Error::invalid_reply(format!("reply without a cursor document: {reply}")))?;
+fn parse_batch(mut reply: Document, field: &str) -> Result<(VecDeque<Document>, i64, Namespace)> {
+    // The reply is taken apart, not copied: a batch can be large.
+    let mut cursor = match reply.remove("cursor") {
+        Some(Bson::Document(cursor)) => cursor,
+        _ => {
+            return Err(Error::invalid_reply(format!(
+                "reply without a cursor document: {reply}"
+            )));
+        }
+    };
     let id = cursor
         .get("id")
         .and_then(bson_as_i64)
@@ -226,12 +230,14 @@ fn parse_batch(reply: &Document, field: &str) -> Result<(VecDeque<Document>, i64
         .get_str("ns")
         .map_err(|_| Error::invalid_reply("cursor without ns"))?;
     let namespace = Namespace::parse(ns).map_err(|e| Error::invalid_reply(e.message))?;
-    let batch = cursor
-        .get_array(field)
-        .map_err(|_| Error::invalid_reply(format!("cursor without {field}")))?
-        .iter()
+    let batch = match cursor.remove(field) {
+        Some(Bson::Array(items)) => items,
+        _ => return Err(Error::invalid_reply(format!("cursor without {field}"))),
+    };
+    let batch = batch
+        .into_iter()
         .map(|item| match item {
-            Bson::Document(document) => Ok(document.clone()),
+            Bson::Document(document) => Ok(document),
             other => Err(Error::invalid_reply(format!(
                 "{field} holds a non-document: {other}"
             ))),
