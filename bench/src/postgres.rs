@@ -188,7 +188,6 @@ impl PostgresPeer {
                 Some(session) => session,
                 None => PostgresSession::connect(&self.conninfo).await?,
             };
-            let ping = session.client.prepare("SELECT 1").await?;
             if workload == "roundtrip_update" {
                 session
                     .client
@@ -199,22 +198,9 @@ impl PostgresPeer {
             let timed = session.clone();
             let measurement = crate::roundtrip::time_requests(plan, move |key| {
                 let session = timed.clone();
-                let ping = ping.clone();
                 async move {
                     let mut session = session.lock().await;
-                    match workload {
-                        "roundtrip_ping" => {
-                            let row = session.client.query_one(&ping, &[]).await?;
-                            let one: i32 = row.try_get(0)?;
-                            anyhow::ensure!(one == 1, "SELECT 1 returned {one}");
-                            Ok(())
-                        }
-                        "roundtrip_update" => {
-                            let (field, value) = crate::roundtrip::update_value();
-                            session.update(&key, field, &value).await
-                        }
-                        _ => session.read(&key).await,
-                    }
+                    crate::roundtrip::session_request(&mut *session, workload, &key).await
                 }
             })
             .await?;
@@ -257,6 +243,8 @@ impl Drop for PostgresPeer {
 
 struct PostgresSession {
     client: Client,
+    /// `SELECT 1`, the round trips' ping.
+    ping: Statement,
     read: Statement,
     /// One statement per field: the jsonb path is part of the statement.
     updates: Vec<Statement>,
@@ -270,6 +258,7 @@ impl PostgresSession {
                 eprintln!("server: a PostgreSQL connection failed: {error}");
             }
         });
+        let ping = client.prepare("SELECT 1").await?;
         let read = client
             .prepare("SELECT doc FROM usertable WHERE id = $1")
             .await?;
@@ -283,6 +272,7 @@ impl PostgresSession {
         }
         Ok(PostgresSession {
             client,
+            ping,
             read,
             updates,
         })
@@ -290,6 +280,13 @@ impl PostgresSession {
 }
 
 impl Session for PostgresSession {
+    async fn ping(&mut self) -> anyhow::Result<()> {
+        let row = self.client.query_one(&self.ping, &[]).await?;
+        let one: i32 = row.try_get(0)?;
+        anyhow::ensure!(one == 1, "SELECT 1 returned {one}");
+        Ok(())
+    }
+
     async fn read(&mut self, key: &str) -> anyhow::Result<()> {
         let row = self.client.query_opt(&self.read, &[&key]).await?;
         let Some(row) = row else {

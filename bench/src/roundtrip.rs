@@ -92,6 +92,32 @@ pub fn check_reply(workload: &str, key: &str, reply: &Document) -> anyhow::Resul
     Ok(())
 }
 
+/// The durability a round-trip workload writes with (and its records are labelled with).
+pub fn durability(workload: &str) -> crate::server::Durability {
+    if workload == "roundtrip_update" {
+        crate::server::Durability::Relaxed
+    } else {
+        crate::server::Durability::ReadOnly
+    }
+}
+
+/// One request of `workload` through a driver session (the `wire`, `grpc` and PostgreSQL
+/// paths).
+pub async fn session_request<S: ycsb::Session>(
+    session: &mut S,
+    workload: &str,
+    key: &str,
+) -> anyhow::Result<()> {
+    match workload {
+        "roundtrip_ping" => session.ping().await,
+        "roundtrip_update" => {
+            let (field, value) = update_value();
+            session.update(key, field, &value).await
+        }
+        _ => session.read(key).await,
+    }
+}
+
 /// Times `operation` (given each request's key) one at a time for the plan's warm-up and
 /// measured window, in a task of the current runtime (as the YCSB client tasks run, so that a
 /// driver's connection task may share the client's worker thread).
@@ -145,11 +171,8 @@ pub fn roundtrip_record(
     protocol: &str,
     measurement: Measurement,
 ) -> Record {
-    let mut extra = crate::server::extra(
-        plan,
-        crate::server::Durability::ReadOnly,
-        &[("protocol", protocol.into())],
-    );
+    let mut extra =
+        crate::server::extra(plan, durability(workload), &[("protocol", protocol.into())]);
     extra.insert("clients".into(), "1 client, one request at a time".into());
     let mut record = crate::server::record(plan, system, 1, measurement, extra);
     record.workload = workload.into();

@@ -496,27 +496,13 @@ impl CairnPeer {
                 "wire_raw",
                 measurement,
             ));
-            let collection = self.wire_collection(roundtrip_durability(workload));
-            let admin = self.wire_client.database("admin");
+            let collection = self.wire_collection(roundtrip::durability(workload));
             let measurement =
                 client_runtime.block_on(roundtrip::time_requests(plan, move |key| {
                     let mut session = WireSession {
                         collection: collection.clone(),
                     };
-                    let admin = admin.clone();
-                    async move {
-                        match workload {
-                            "roundtrip_ping" => {
-                                let reply = admin.run_command(doc! {"ping": 1}).await?;
-                                roundtrip::check_reply(workload, &key, &reply)
-                            }
-                            "roundtrip_update" => {
-                                let (field, value) = roundtrip::update_value();
-                                session.update(&key, field, &value).await
-                            }
-                            _ => session.read(&key).await,
-                        }
-                    }
+                    async move { roundtrip::session_request(&mut session, workload, &key).await }
                 }))?;
             records.push(roundtrip::roundtrip_record(
                 plan,
@@ -527,27 +513,13 @@ impl CairnPeer {
             ));
         }
         if protocols.contains(&Protocol::Grpc) {
-            let collection = self.collection(roundtrip_durability(workload));
-            let admin = self.client.database("admin");
+            let collection = self.collection(roundtrip::durability(workload));
             let measurement =
                 client_runtime.block_on(roundtrip::time_requests(plan, move |key| {
                     let mut session = CairnSession {
                         collection: collection.clone(),
                     };
-                    let admin = admin.clone();
-                    async move {
-                        match workload {
-                            "roundtrip_ping" => {
-                                let reply = admin.run_command(doc! {"ping": 1}).await?;
-                                roundtrip::check_reply(workload, &key, &reply)
-                            }
-                            "roundtrip_update" => {
-                                let (field, value) = roundtrip::update_value();
-                                session.update(&key, field, &value).await
-                            }
-                            _ => session.read(&key).await,
-                        }
-                    }
+                    async move { roundtrip::session_request(&mut session, workload, &key).await }
                 }))?;
             records.push(roundtrip::roundtrip_record(
                 plan,
@@ -590,20 +562,20 @@ impl CairnPeer {
     }
 }
 
-/// The durability a round-trip workload's collection handle writes with.
-fn roundtrip_durability(workload: &str) -> Durability {
-    if workload == "roundtrip_update" {
-        Durability::Relaxed
-    } else {
-        Durability::ReadOnly
-    }
-}
-
 struct CairnSession {
     collection: Collection<Document>,
 }
 
 impl Session for CairnSession {
+    async fn ping(&mut self) -> anyhow::Result<()> {
+        let reply = self
+            .collection
+            .database()
+            .run_command(doc! {"ping": 1})
+            .await?;
+        roundtrip::check_reply("roundtrip_ping", "", &reply)
+    }
+
     async fn read(&mut self, key: &str) -> anyhow::Result<()> {
         let found = self.collection.find_one(doc! {"_id": key}).await?;
         match found {
@@ -635,6 +607,16 @@ struct WireSession {
 }
 
 impl Session for WireSession {
+    async fn ping(&mut self) -> anyhow::Result<()> {
+        let reply = self
+            .collection
+            .client()
+            .database("admin")
+            .run_command(doc! {"ping": 1})
+            .await?;
+        roundtrip::check_reply("roundtrip_ping", "", &reply)
+    }
+
     async fn read(&mut self, key: &str) -> anyhow::Result<()> {
         let found = self.collection.find_one(doc! {"_id": key}).await?;
         match found {

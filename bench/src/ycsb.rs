@@ -217,6 +217,8 @@ pub trait Session: Send + 'static {
         field: usize,
         value: &str,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// The cheapest request the system answers (`{ping: 1}`, `SELECT 1`), for the round trips.
+    fn ping(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
 /// What one measurement runs.

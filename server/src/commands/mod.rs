@@ -328,14 +328,7 @@ pub(crate) fn run_as(
     if inline && !inline_candidate(&body) {
         return Ran::WouldBlock(body);
     }
-    // An inline attempt that gives up must hand back the command as it came.
-    let original = inline.then(|| body.clone());
-    Ran::Reply(match run_request(node, client, body, inline) {
-        Some(reply) => reply,
-        None => {
-            return Ran::WouldBlock(original.expect("only inline attempts give up"));
-        }
-    })
+    run_request(node, client, body, inline)
 }
 
 /// Whether a command is worth an inline attempt: its name is one of [`INLINE_COMMANDS`] and,
@@ -347,23 +340,19 @@ fn inline_candidate(body: &Document) -> bool {
     INLINE_COMMANDS.contains(&name.as_str()) && !body.contains_key("maxAwaitTimeMS")
 }
 
-/// Runs a request; `None` when `inline` and it would have waited (nothing was done).
-fn run_request(
-    node: &NodeInner,
-    client: &ClientInfo,
-    body: Document,
-    inline: bool,
-) -> Option<Document> {
+/// Runs a request; when `inline` and it would have waited, nothing was done and the request
+/// is handed back as it came.
+fn run_request(node: &NodeInner, client: &ClientInfo, body: Document, inline: bool) -> Ran {
     let request = match parse_request(body) {
         Ok(request) => request,
         Err(error) => {
             crate::metrics::add(&node.metrics.commands_failed, 1);
-            return Some(error.to_reply());
+            return Ran::Reply(error.to_reply());
         }
     };
     let Some(spec) = find_command(&request.name) else {
         crate::metrics::add(&node.metrics.commands_failed, 1);
-        return Some(
+        return Ran::Reply(
             Error::new(
                 ErrorCode::CommandNotFound,
                 format!("no such command: '{}'", request.name),
@@ -372,7 +361,7 @@ fn run_request(
         );
     };
     if node.shutting_down.load(Ordering::SeqCst) {
-        return Some(
+        return Ran::Reply(
             Error::new(
                 ErrorCode::ShutdownInProgress,
                 "The server is in quiesce mode and will shut down",
@@ -385,7 +374,7 @@ fn run_request(
         .iter()
         .any(|field| request.body.contains_key(field))
     {
-        return Some(
+        return Ran::Reply(
             Error::new(
                 ErrorCode::IllegalOperation,
                 "Transaction numbers are only allowed on a replica set member or mongos",
@@ -394,7 +383,7 @@ fn run_request(
         );
     }
     if spec.admin_only && request.db != "admin" {
-        return Some(
+        return Ran::Reply(
             Error::new(
                 ErrorCode::Unauthorized,
                 format!("{} may only be run against the admin database.", spec.name),
@@ -453,12 +442,12 @@ fn run_request(
         outcome
     })();
     if inline && result.as_ref().is_err_and(would_wait) {
-        return None;
+        return Ran::WouldBlock(request.body);
     }
     if inline {
         crate::metrics::add(counter, 1);
     }
-    Some(match result {
+    Ran::Reply(match result {
         Ok(reply) => ensure_ok(reply),
         Err(error) => {
             crate::metrics::add(&node.metrics.commands_failed, 1);

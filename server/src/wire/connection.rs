@@ -92,10 +92,10 @@ fn run(
     node: &Node,
     client: &ClientInfo,
     command: Document,
+    hello: bool,
     reply_to: ReplyTo,
     request_id: i32,
 ) -> Ran {
-    let hello = is_hello(&command);
     let reply = node.run_command(client, command);
     finish(client, hello, reply, reply_to, request_id)
 }
@@ -196,7 +196,7 @@ pub(crate) async fn serve_connection(
                     Err(command) => {
                         let running_node = node.clone();
                         let mut task = tokio::task::spawn_blocking(move || {
-                            run(&running_node, &client, command, reply_to, request_id)
+                            run(&running_node, &client, command, hello, reply_to, request_id)
                         });
                         let mut watching_peer = true;
                         let mut watching_stop = true;
