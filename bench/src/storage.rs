@@ -48,6 +48,11 @@ pub trait System: Sync {
     fn has_journaled_commits(&self) -> bool {
         true
     }
+    /// fdatasyncs so far, where the system counts them (cairn: journal syncs and durable redb
+    /// commits), so that a run can report how many commits shared each.
+    fn syncs(&self) -> Option<u64> {
+        None
+    }
 }
 
 pub fn document(id: i64) -> Document {
@@ -190,6 +195,11 @@ impl SnapshotReader for CairnSnapshotReader {
 impl System for Cairn {
     fn name(&self) -> &'static str {
         "cairn"
+    }
+
+    fn syncs(&self) -> Option<u64> {
+        let stats = self.engine.stats();
+        Some(stats.journal_syncs + stats.durable_commits)
     }
 
     fn worker(&self) -> anyhow::Result<Box<dyn Worker + '_>> {
@@ -396,7 +406,25 @@ fn emit(
     system: &dyn System,
     workload: &str,
     threads: usize,
+    result: (u64, f64, Latencies),
+) -> anyhow::Result<()> {
+    emit_with(
+        reporter,
+        system,
+        workload,
+        threads,
+        result,
+        Default::default(),
+    )
+}
+
+fn emit_with(
+    reporter: &mut Reporter,
+    system: &dyn System,
+    workload: &str,
+    threads: usize,
     (ops, seconds, latencies): (u64, f64, Latencies),
+    extra: serde_json::Map<String, serde_json::Value>,
 ) -> anyhow::Result<()> {
     reporter.emit(&Record {
         suite: "storage".into(),
@@ -406,7 +434,7 @@ fn emit(
         ops,
         seconds,
         latencies: Some(latencies),
-        extra: Default::default(),
+        extra,
     })
 }
 
@@ -431,6 +459,7 @@ fn run_system(
             continue;
         }
         for threads in [1, 8, 64] {
+            let syncs_before = system.syncs();
             let result = measure(threads, plan.duration, |_, stop| {
                 let mut worker = system.worker()?;
                 timed_loop(stop, |_| {
@@ -438,7 +467,17 @@ fn run_system(
                     worker.insert(id, &document(id), journaled)
                 })
             })?;
-            emit(reporter, system, workload, threads, result)?;
+            let mut extra = serde_json::Map::new();
+            if let (Some(before), Some(after)) = (syncs_before, system.syncs()) {
+                // Group commit at work: how many commits shared each fdatasync.
+                let syncs = after - before;
+                extra.insert("syncs".into(), syncs.into());
+                if syncs > 0 {
+                    let per_sync = (result.0 as f64 / syncs as f64 * 10.0).round() / 10.0;
+                    extra.insert("ops_per_sync".into(), per_sync.into());
+                }
+            }
+            emit_with(reporter, system, workload, threads, result, extra)?;
         }
     }
     let reads = ["point_read", "range_scan", "snapshot_read"];

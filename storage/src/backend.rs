@@ -6,6 +6,7 @@
 //! durable) so that tests can simulate a power loss, optionally with a torn tail of unsynced
 //! writes, and reopen from what would have survived.
 
+use cairn_types::{Error, ErrorCode};
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
@@ -36,38 +37,37 @@ struct CrashState {
     syncs: u64,
 }
 
-/// In-memory storage with separate live and durable images (see the module header).
-#[derive(Debug, Clone, Default)]
+/// In-memory storage with separate live and durable images (see the module header), for the
+/// data file and for the journal.
+#[derive(Debug, Clone)]
 pub struct CrashableMemory {
     state: Arc<Mutex<CrashState>>,
+    /// The journal's image (`None` in the journal image itself).
+    journal: Option<Arc<Mutex<CrashState>>>,
 }
 
-impl CrashableMemory {
-    pub fn new() -> CrashableMemory {
-        CrashableMemory::default()
+impl Default for CrashableMemory {
+    fn default() -> Self {
+        CrashableMemory::new()
+    }
+}
+
+impl CrashState {
+    fn crash(&mut self) {
+        self.live = self.durable.clone();
+        self.unsynced.clear();
+        self.unsynced_len = None;
     }
 
-    /// Simulates a power loss: the live image becomes the durable one; nothing unsynced
-    /// survives. Only call while no engine has the storage open.
-    pub fn crash(&self) {
-        let mut state = self.state.lock();
-        state.live = state.durable.clone();
-        state.unsynced.clear();
-        state.unsynced_len = None;
-    }
-
-    /// Simulates a power loss that persisted a random part of the unsynced writes: each write
-    /// survives whole, partly (a torn sector run) or not at all, chosen by `seed`.
-    pub fn crash_torn(&self, seed: u64) {
+    fn crash_torn(&mut self, seed: u64) {
         let mut random = rand::rngs::StdRng::seed_from_u64(seed);
-        let mut state = self.state.lock();
-        let mut image = state.durable.clone();
-        if let Some(length) = state.unsynced_len {
+        let mut image = self.durable.clone();
+        if let Some(length) = self.unsynced_len {
             if random.random_bool(0.5) {
                 image.resize(length as usize, 0);
             }
         }
-        for (offset, data) in &state.unsynced {
+        for (offset, data) in &self.unsynced {
             let keep = match random.random_range(0..3) {
                 0 => 0,
                 1 => data.len(),
@@ -79,14 +79,58 @@ impl CrashableMemory {
             }
             image[*offset as usize..end].copy_from_slice(&data[..keep]);
         }
-        state.live = image;
-        state.unsynced.clear();
-        state.unsynced_len = None;
+        self.live = image;
+        self.unsynced.clear();
+        self.unsynced_len = None;
+    }
+}
+
+impl CrashableMemory {
+    pub fn new() -> CrashableMemory {
+        CrashableMemory {
+            state: Arc::default(),
+            journal: Some(Arc::default()),
+        }
     }
 
-    /// Number of `sync_data` calls so far (each is one fsync on a real disk).
+    /// The journal's image, crashed together with the data's.
+    pub(crate) fn journal_image(&self) -> CrashableMemory {
+        CrashableMemory {
+            state: self
+                .journal
+                .clone()
+                .expect("the journal image has no journal of its own"),
+            journal: None,
+        }
+    }
+
+    fn images(&self) -> impl Iterator<Item = &Arc<Mutex<CrashState>>> {
+        std::iter::once(&self.state).chain(self.journal.as_ref())
+    }
+
+    /// Simulates a power loss: the live images become the durable ones; nothing unsynced
+    /// survives. Only call while no engine has the storage open.
+    pub fn crash(&self) {
+        for image in self.images() {
+            image.lock().crash();
+        }
+    }
+
+    /// Simulates a power loss that persisted a random part of the unsynced writes (of the data
+    /// file and of the journal): each write survives whole, partly (a torn sector run) or not
+    /// at all, chosen by `seed`.
+    pub fn crash_torn(&self, seed: u64) {
+        for (index, image) in self.images().enumerate() {
+            image
+                .lock()
+                .crash_torn(seed.wrapping_add(index as u64 * 0x9E37_79B9_7F4A_7C15));
+        }
+    }
+
+    /// Number of `sync_data` calls so far, data file and journal (each is one fsync on a real
+    /// disk).
     pub fn syncs(&self) -> u64 {
-        self.state.lock().syncs
+        self.images().map(|image| image.lock().syncs).sum()
     }
 }
 
@@ -133,5 +177,106 @@ impl redb::StorageBackend for CrashableMemory {
         state.live[offset as usize..end].copy_from_slice(data);
         state.unsynced.push((offset, data.to_vec()));
         Ok(())
+    }
+}
+
+/// The journal's file for a backend: `<dbpath>/cairn.journal` on disk (created and made to
+/// survive a crash on first use), fresh memory, or the crashable memory's journal image.
+pub(crate) fn open_journal_file(backend: &Backend) -> Result<crate::journal::JournalFile, Error> {
+    match backend {
+        Backend::Disk(dbpath) => {
+            let path = dbpath.join(crate::journal::JOURNAL_FILE_NAME);
+            let existed = path.exists();
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|error| {
+                    Error::new(
+                        ErrorCode::InternalError,
+                        format!("cannot open the journal {}: {error}", path.display()),
+                    )
+                })?;
+            if !existed {
+                // The new file's directory entry must survive a crash as the file's contents do.
+                std::fs::File::open(dbpath)
+                    .and_then(|directory| directory.sync_all())
+                    .map_err(|error| {
+                        Error::new(
+                            ErrorCode::InternalError,
+                            format!("cannot sync the dbpath {}: {error}", dbpath.display()),
+                        )
+                    })?;
+            }
+            Ok(Box::new(DiskFile(file)))
+        }
+        Backend::Memory => Ok(Box::new(redb::backends::InMemoryBackend::new())),
+        Backend::Crashable(memory) => Ok(Box::new(memory.journal_image())),
+    }
+}
+
+/// A plain file behind redb's storage-backend interface (no locking: the data file's lock
+/// already keeps other processes out of the dbpath).
+#[derive(Debug)]
+struct DiskFile(std::fs::File);
+
+impl redb::StorageBackend for DiskFile {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        Ok(self.0.metadata()?.len())
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.0, out, offset)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.0.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        std::os::unix::fs::FileExt::write_all_at(&self.0, data, offset)
+    }
+}
+
+/// A second handle on the data file, used only to start the kernel's write-back of pages redb
+/// has written but not yet synced (see [`DataFileWriteback::start`]).
+#[derive(Debug)]
+pub(crate) struct DataFileWriteback(std::fs::File);
+
+impl DataFileWriteback {
+    /// For a disk backend: a read-only handle on `<dbpath>/cairn.redb`.
+    pub(crate) fn open(backend: &Backend) -> Option<DataFileWriteback> {
+        match backend {
+            Backend::Disk(dbpath) => std::fs::File::open(dbpath.join(DATA_FILE_NAME))
+                .ok()
+                .map(DataFileWriteback),
+            _ => None,
+        }
+    }
+
+    /// Starts writing the file's dirty pages back without waiting for them
+    /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so that the next durable redb commit's
+    /// fdatasync, which runs under the writer mutex, finds little left to write. It changes
+    /// nothing about what is durable: the kernel writes dirty pages back on its own schedule in
+    /// any case, and redb's commit protocol only trusts what its durable commits synced.
+    #[allow(unsafe_code)]
+    pub(crate) fn start(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the descriptor is open for the life of `self`; the call only reads it and
+        // touches no memory of ours.
+        let status =
+            unsafe { libc::sync_file_range(self.0.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+        if status != 0 {
+            tracing::debug!(
+                error = %std::io::Error::last_os_error(),
+                "starting the data file's write-back failed"
+            );
+        }
     }
 }

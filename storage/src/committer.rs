@@ -3,10 +3,11 @@
 //! It takes queued jobs in order. Consecutive commits form one batch and one redb write
 //! transaction (group commit): timestamps are assigned in queue order, every write moves the
 //! version it replaces into history and is logged in the write log, oplog entries are stamped
-//! and stored, and the batch commits durably when any member asked for `j: true` (or
-//! `commit_interval_ms` has passed since the last durable commit), else non-durably. Only after
-//! the redb commit succeeds does the batch become visible: catalog mirror first, then the
-//! visible timestamp, then the key claims are released and the committers told.
+//! and stored. The batch commits to redb non-durably and its journal record is appended (or,
+//! every `data_sync_interval_ms`, it commits durably and the journal starts over). Only then
+//! does the batch become visible: catalog mirror first, then the visible timestamp, then the
+//! key claims are released and the committers told; `j: true` committers once the journal is
+//! synced through their record (`settle_sync`).
 //!
 //! Invariants (asserted): commit timestamps strictly increase; a new version's timestamp is
 //! greater than the version it replaces; undo in `recover_to_stable` finds each logged version
@@ -25,13 +26,14 @@ use crate::write::{CommitInfo, Durability};
 use bson::Document;
 use cairn_types::{Error, ErrorCode, Namespace, Timestamp};
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// One staged write: `value` `None` is a delete.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct StagedWrite {
     pub ident: u64,
     pub key: Vec<u8>,
@@ -56,6 +58,51 @@ pub(crate) struct CommitRequest {
     pub max_ident: u64,
     pub done: Arc<Completion<Result<CommitInfo, Error>>>,
 }
+
+/// One unit of work of a batch with its commit timestamps assigned and its oplog entries
+/// stamped: what is applied to redb, and what a journal record holds (borrowed when
+/// committing, owned when replayed).
+#[derive(Debug)]
+pub(crate) struct BatchUnit<'a> {
+    pub stamps: Vec<Timestamp>,
+    pub writes: Cow<'a, [StagedWrite]>,
+    /// Serialized oplog entries, `ts` filled in; entry `k` is at `stamps[k]`.
+    pub oplog: Vec<Vec<u8>>,
+    pub drops: Cow<'a, [(u64, u32)]>,
+    pub max_ident: u64,
+}
+
+/// Where a committer waits for its commit.
+type CommitDone = Arc<Completion<Result<CommitInfo, Error>>>;
+
+/// Commits and flushes of a processed batch that wait for the journal to be synced through
+/// `lsn`. The leader syncs after handing the writer over (`lead`), so that the next batch is
+/// applied while this one syncs.
+#[derive(Default)]
+pub(crate) struct AwaitingSync {
+    lsn: u64,
+    /// When the oldest waiter joined its sync group (`settle_sync`).
+    since: Option<std::time::Instant>,
+    commits: Vec<(CommitDone, CommitInfo)>,
+    flushes: Vec<Arc<Completion<Result<Timestamp, Error>>>>,
+}
+
+impl AwaitingSync {
+    fn is_empty(&self) -> bool {
+        self.commits.is_empty() && self.flushes.is_empty()
+    }
+}
+
+/// Journal records buffered in memory beyond this are written out by the next leader.
+const JOURNAL_BUFFER_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Longest a `j: true` commit's journal sync waits for more batches to share its fdatasync.
+const SYNC_DEFER_MAX: Duration = Duration::from_micros(1_000);
+
+/// A sync group this large syncs without waiting for more: with many writers, one fdatasync
+/// running while the next group forms beats one group of everyone (measured with
+/// `cairn-bench storage --workload insert_j1`: 8 writers gain from waiting, 64 lose).
+const SYNC_GROUP_ENOUGH: usize = 16;
 
 /// Work for the committer.
 pub(crate) enum Job {
@@ -122,15 +169,143 @@ pub(crate) fn lead(inner: &Inner) {
         jobs
     };
     assert!(!jobs.is_empty(), "a leader always has its own job queued");
-    {
+    let awaiting = {
         let writer = inner.writer.lock();
-        process(inner, jobs);
+        let awaiting = process(inner, jobs);
         drop(writer);
+        awaiting
+    };
+    {
+        let mut queue = inner.queue.lock();
+        match queue.jobs.front() {
+            Some(next) => next.waiter().offer_lead(),
+            None => queue.leader_active = false,
+        }
     }
-    let mut queue = inner.queue.lock();
-    match queue.jobs.front() {
-        Some(next) => next.waiter().offer_lead(),
-        None => queue.leader_active = false,
+    settle_sync(inner, awaiting);
+    write_out_large_buffer(inner);
+}
+
+/// After a run of `j: false` commits, writes their buffered journal records out (without an
+/// fdatasync) once they pass `JOURNAL_BUFFER_BYTES_MAX`, so that the buffer stays small.
+pub(crate) fn write_out_large_buffer(inner: &Inner) {
+    if inner.journal.buffered_bytes() >= JOURNAL_BUFFER_BYTES_MAX {
+        if let Err(error) = inner
+            .journal
+            .sync_through(inner.journal.written_lsn(), false)
+        {
+            record_failure(inner, &error);
+        }
+    }
+}
+
+/// Syncs the journal when records are unsynced and `commit_interval_ms` has passed since the
+/// last sync (`j: false` commits are durable within that interval).
+fn sync_journal_if_due(inner: &Inner) {
+    let now = inner.clock.monotonic();
+    let last_sync = inner.timestamps.lock().last_journal_sync_at;
+    if inner.journal.unsynced()
+        && now.saturating_sub(last_sync) >= Duration::from_millis(inner.config.commit_interval_ms)
+    {
+        if let Err(error) = sync_journal(inner, inner.journal.written_lsn()) {
+            tracing::error!(%error, "journal sync failed");
+            record_failure(inner, &error);
+        }
+    }
+}
+
+/// The `j: true` commits and flushes waiting for a journal sync, and whether a thread has
+/// taken the job of syncing for them (the *syncer*).
+#[derive(Default)]
+pub(crate) struct SyncGroup {
+    awaiting: AwaitingSync,
+    syncer: bool,
+}
+
+/// Group commit of the journal. The waiters of a batch join the current group; the first
+/// leader to find no syncer becomes it. The syncer runs the fdatasync once no more records are
+/// coming soon (no unit of work is being prepared and no batch is being applied), or once the
+/// group's oldest waiter has waited `SYNC_DEFER_MAX`: one fdatasync then covers every batch
+/// applied meanwhile. A lone writer syncs at once. (PostgreSQL's `commit_delay` with
+/// `commit_siblings`, decided by what is actually in flight.)
+fn settle_sync(inner: &Inner, awaiting: AwaitingSync) {
+    let mut group = inner.sync_group.lock();
+    if !awaiting.is_empty() {
+        let pending = &mut group.awaiting;
+        pending.lsn = pending.lsn.max(awaiting.lsn);
+        pending.commits.extend(awaiting.commits);
+        pending.flushes.extend(awaiting.flushes);
+        if pending.since.is_none() {
+            pending.since = Some(std::time::Instant::now());
+        }
+    }
+    if group.syncer {
+        // A batch finished: the syncer checks again whether more are coming.
+        inner.sync_wake.notify_one();
+        return;
+    }
+    let Some(since) = group.awaiting.since else {
+        return;
+    };
+    group.syncer = true;
+    // Real time, not the engine's clock: this bounds a wait of real threads, and decides only
+    // when an fdatasync runs, never what it makes durable.
+    let deadline = since + SYNC_DEFER_MAX;
+    while group.awaiting.commits.len() + group.awaiting.flushes.len() < SYNC_GROUP_ENOUGH
+        && more_records_coming(inner)
+    {
+        if inner.sync_wake.wait_until(&mut group, deadline).timed_out() {
+            break;
+        }
+    }
+    let all = std::mem::take(&mut group.awaiting);
+    group.syncer = false;
+    drop(group);
+    finish_sync(inner, all);
+}
+
+/// Whether a journal record is likely to be appended soon: a unit of work is being prepared,
+/// or a batch is queued or being applied.
+fn more_records_coming(inner: &Inner) -> bool {
+    inner.active_units.load(Ordering::Acquire) > 0 || {
+        let queue = inner.queue.lock();
+        queue.leader_active || !queue.jobs.is_empty()
+    }
+}
+
+/// Syncs the journal for the commits and flushes that wait for it, then tells them. Runs
+/// without the writer mutex; concurrent callers share one fdatasync (`Journal::sync_through`).
+pub(crate) fn finish_sync(inner: &Inner, awaiting: AwaitingSync) {
+    if awaiting.is_empty() {
+        return;
+    }
+    let failure = inner.failure.lock().clone();
+    let synced = match failure {
+        Some(error) => Err(error),
+        None => sync_journal(inner, awaiting.lsn),
+    };
+    match synced {
+        Ok(durable) => {
+            for (done, info) in awaiting.commits {
+                assert!(info.last_ts <= durable, "a synced commit is durable");
+                done.complete(Ok(CommitInfo {
+                    durable: true,
+                    ..info
+                }));
+            }
+            for done in awaiting.flushes {
+                done.complete(Ok(durable));
+            }
+        }
+        Err(error) => {
+            record_failure(inner, &error);
+            for (done, _) in awaiting.commits {
+                done.complete(Err(error.clone()));
+            }
+            for done in awaiting.flushes {
+                done.complete(Err(error.clone()));
+            }
+        }
     }
 }
 
@@ -160,6 +335,12 @@ pub(crate) fn run_periodic(inner: Arc<Inner>) {
                 break;
             }
         }
+        // Outside the writer mutex: commits go on while the journal syncs and the kernel
+        // writes data pages back.
+        sync_journal_if_due(&inner);
+        if let Some(writeback) = &inner.writeback {
+            writeback.start();
+        }
         let writer = inner.writer.lock();
         behind = periodic(&inner);
         drop(writer);
@@ -169,16 +350,35 @@ pub(crate) fn run_periodic(inner: Arc<Inner>) {
     }
 }
 
+/// Syncs the journal through `lsn` (sharing a concurrent caller's fdatasync); returns the
+/// durable timestamp.
+fn sync_journal(inner: &Inner, lsn: u64) -> Result<Timestamp, Error> {
+    let (synced_ts, synced_now) = inner.journal.sync_through(lsn, true)?;
+    if synced_now {
+        Counters::add(&inner.counters.journal_syncs, 1);
+    }
+    let mut timestamps = inner.timestamps.lock();
+    if synced_ts > timestamps.durable {
+        timestamps.durable = synced_ts;
+    }
+    if synced_now {
+        timestamps.last_journal_sync_at = inner.clock.monotonic();
+    }
+    Ok(timestamps.durable)
+}
+
 /// Processes jobs: a run of commits and journal flushes as one batch, or one other job. The
-/// caller holds the writer mutex.
+/// caller holds the writer mutex, and afterwards (without it) passes what is returned to
+/// [`finish_sync`].
 ///
-/// The commits of a batch commit first, then every flush of the batch shares one durable
-/// commit (concurrent `j: true` writers share one fsync). A flush promises that every commit
-/// visible when it was asked for is durable when it returns; running it after commits queued
-/// behind it only makes more durable.
-pub(crate) fn process(inner: &Inner, jobs: Vec<Job>) {
+/// The commits of a batch commit first; then its `j: true` commits and every flush of the batch
+/// wait for one journal sync through the batch's record (concurrent `j: true` writers share
+/// one fdatasync). A flush promises that every commit visible when it was asked for is durable
+/// when it returns; syncing through commits queued behind it only makes more durable.
+pub(crate) fn process(inner: &Inner, jobs: Vec<Job>) -> AwaitingSync {
     let mut commits = Vec::new();
     let mut flushes = Vec::new();
+    let mut awaiting = AwaitingSync::default();
     for job in jobs {
         match job {
             Job::Commit(request) => commits.push(request),
@@ -193,15 +393,14 @@ pub(crate) fn process(inner: &Inner, jobs: Vec<Job>) {
         }
     }
     if !commits.is_empty() {
-        commit_batch(inner, commits);
+        commit_batch(inner, commits, &mut awaiting);
     }
     if !flushes.is_empty() {
-        let flushed = durable_marker(inner, None);
         Counters::add(&inner.counters.flushes_shared, flushes.len() as u64 - 1);
-        for done in flushes {
-            done.complete(flushed.clone());
-        }
+        awaiting.flushes = flushes;
     }
+    awaiting.lsn = inner.journal.written_lsn();
+    awaiting
 }
 
 fn run_job(inner: &Inner, job: Job) {
@@ -226,12 +425,13 @@ pub(crate) fn periodic(inner: &Inner) -> bool {
     let mut behind = false;
     let now = inner.clock.monotonic();
     let state = *inner.timestamps.lock();
+    sync_journal_if_due(inner);
     if state.dirty
         && now.saturating_sub(state.last_durable_at)
-            >= Duration::from_millis(inner.config.commit_interval_ms)
+            >= Duration::from_millis(inner.config.data_sync_interval_ms)
     {
         if let Err(error) = durable_marker(inner, None) {
-            tracing::error!(%error, "journal flush failed");
+            tracing::error!(%error, "durable commit failed");
         }
     }
     if now.saturating_sub(state.last_gc_at) >= Duration::from_millis(inner.config.gc_interval_ms) {
@@ -396,19 +596,10 @@ fn record_failure(inner: &Inner, error: &Error) {
     }
 }
 
-struct BatchOutcome {
-    last: Timestamp,
-    stamps: Vec<Vec<Timestamp>>,
-    oplog_bytes: u64,
-    histories: u64,
-    versions: u64,
-    oplog_entries: u64,
-}
-
 /// Commits a run of requests. Requests with explicit timestamps (a secondary applying) and
 /// requests with assigned ones go in separate redb transactions, so that explicit timestamps can
 /// be checked exactly before anything is applied.
-fn commit_batch(inner: &Inner, batch: Vec<CommitRequest>) {
+fn commit_batch(inner: &Inner, batch: Vec<CommitRequest>, awaiting: &mut AwaitingSync) {
     let mut group: Vec<CommitRequest> = Vec::new();
     for request in batch {
         let explicit = request.explicit_timestamps.is_some();
@@ -416,16 +607,16 @@ fn commit_batch(inner: &Inner, batch: Vec<CommitRequest>) {
             .first()
             .is_some_and(|first| first.explicit_timestamps.is_some() != explicit)
         {
-            commit_group(inner, std::mem::take(&mut group));
+            commit_group(inner, std::mem::take(&mut group), awaiting);
         }
         group.push(request);
     }
     if !group.is_empty() {
-        commit_group(inner, group);
+        commit_group(inner, group, awaiting);
     }
 }
 
-fn commit_group(inner: &Inner, mut batch: Vec<CommitRequest>) {
+fn commit_group(inner: &Inner, mut batch: Vec<CommitRequest>, awaiting: &mut AwaitingSync) {
     if let Some(error) = inner.failure.lock().clone() {
         for request in batch {
             release(inner, &request, None);
@@ -457,11 +648,11 @@ fn commit_group(inner: &Inner, mut batch: Vec<CommitRequest>) {
         return;
     }
     let now = inner.clock.monotonic();
-    let durable = batch
-        .iter()
-        .any(|request| request.durability == Durability::Journaled)
-        || now.saturating_sub(state.last_durable_at)
-            >= Duration::from_millis(inner.config.commit_interval_ms);
+    // The batch's redb commit is durable (and starts a new journal generation) when the data
+    // is due to be synced or the journal is full; otherwise the journal record makes it durable.
+    let durable = now.saturating_sub(state.last_durable_at)
+        >= Duration::from_millis(inner.config.data_sync_interval_ms)
+        || inner.journal.generation_bytes() >= inner.config.journal_bytes_max;
     let outcome = apply_batch(inner, &batch, &state, durable);
     match outcome {
         Ok(outcome) => {
@@ -502,6 +693,9 @@ fn commit_group(inner: &Inner, mut batch: Vec<CommitRequest>) {
             Counters::add(&counters.commit_batches, 1);
             if durable {
                 Counters::add(&counters.durable_commits, 1);
+            } else {
+                Counters::add(&counters.journal_records, 1);
+                Counters::add(&counters.journal_bytes, outcome.journal_bytes);
             }
             Counters::add(&counters.versions_written, outcome.versions);
             Counters::add(&counters.history_versions_written, outcome.histories);
@@ -518,11 +712,16 @@ fn commit_group(inner: &Inner, mut batch: Vec<CommitRequest>) {
                 inner
                     .keylocks
                     .release(&request.claimed, request.owner, Some(last_ts), oldest_pin);
-                request.done.complete(Ok(CommitInfo {
+                let info = CommitInfo {
                     first_ts: stamps[0],
                     last_ts,
                     durable,
-                }));
+                };
+                if request.durability == Durability::Journaled && !durable {
+                    awaiting.commits.push((request.done, info));
+                } else {
+                    request.done.complete(Ok(info));
+                }
             }
         }
         Err(error) => {
@@ -550,122 +749,227 @@ fn release(inner: &Inner, request: &CommitRequest, committed_at: Option<Timestam
     );
 }
 
+struct BatchOutcome {
+    last: Timestamp,
+    stamps: Vec<Vec<Timestamp>>,
+    oplog_bytes: u64,
+    histories: u64,
+    versions: u64,
+    oplog_entries: u64,
+    journal_bytes: u64,
+}
+
+/// Assigns the batch's commit timestamps and stamps its oplog entries.
+fn prepare_units<'a>(
+    batch: &'a [CommitRequest],
+    mut last: Timestamp,
+    wall_secs: u32,
+) -> Result<Vec<BatchUnit<'a>>, Error> {
+    let mut units = Vec::with_capacity(batch.len());
+    for request in batch {
+        let stamps: Vec<Timestamp> = match &request.explicit_timestamps {
+            Some(timestamps) => {
+                assert!(timestamps[0] > last, "explicit timestamps were checked");
+                timestamps.clone()
+            }
+            None => (0..request.slot_count)
+                .map(|_| {
+                    last = next_timestamp(last, wall_secs);
+                    last
+                })
+                .collect(),
+        };
+        last = *stamps.last().expect("at least one slot");
+        let mut oplog = Vec::with_capacity(request.oplog.len());
+        for (index, entry) in request.oplog.iter().enumerate() {
+            let mut entry = entry.clone();
+            entry.insert("ts", bson::Bson::from(stamps[index]));
+            oplog.push(bson::serialize_to_vec(&entry).map_err(|error| {
+                Error::new(ErrorCode::BadValue, format!("oplog entry: {error}"))
+            })?);
+        }
+        units.push(BatchUnit {
+            stamps,
+            writes: Cow::Borrowed(&request.writes),
+            oplog,
+            drops: Cow::Borrowed(&request.drop_idents),
+            max_ident: request.max_ident,
+        });
+    }
+    Ok(units)
+}
+
+/// What a batch's commit-state record starts from.
+pub(crate) struct CommitBase {
+    pub oplog_bytes: u64,
+    /// `None`: stable follows the newest commit.
+    pub stable: Option<Timestamp>,
+    pub next_ident: u64,
+}
+
+/// What writing units added.
+pub(crate) struct UnitTotals {
+    pub last: Timestamp,
+    pub oplog_bytes: u64,
+    pub histories: u64,
+    pub versions: u64,
+    pub oplog_entries: u64,
+}
+
+/// Writes units into a redb transaction at their timestamps: versions (the replaced ones into
+/// history) and write-log entries, oplog entries, drop-pending entries, and the commit state.
+/// What a batch commit and journal replay both do.
+pub(crate) fn write_units(
+    txn: &WriteTransaction,
+    units: &[BatchUnit<'_>],
+    base: &CommitBase,
+) -> Result<UnitTotals, Error> {
+    let mut totals = UnitTotals {
+        last: Timestamp::ZERO,
+        oplog_bytes: base.oplog_bytes,
+        histories: 0,
+        versions: 0,
+        oplog_entries: 0,
+    };
+    let mut max_ident = 0;
+    let mut tables = BatchTables::new(txn);
+    let mut writelog = txn
+        .open_table(WRITELOG)
+        .map_err(|error| storage_error("opening the write log", error))?;
+    // Opened only when a batch has oplog entries or drops.
+    let mut oplog = None;
+    let mut drop_pending = None;
+    for unit in units {
+        totals.last = *unit.stamps.last().expect("at least one slot");
+        for write in unit.writes.iter() {
+            let ts = unit.stamps[write.slot as usize];
+            if apply_write(
+                &mut tables,
+                &mut writelog,
+                write.ident,
+                &write.key,
+                write.value.as_deref(),
+                ts,
+            )? {
+                totals.histories += 1;
+            }
+            totals.versions += 1;
+        }
+        for (index, bytes) in unit.oplog.iter().enumerate() {
+            let ts = unit.stamps[index];
+            totals.oplog_bytes += bytes.len() as u64;
+            if oplog.is_none() {
+                oplog = Some(
+                    txn.open_table(OPLOG)
+                        .map_err(|error| storage_error("opening the oplog", error))?,
+                );
+            }
+            oplog
+                .as_mut()
+                .expect("opened above")
+                .insert(ts.as_u64(), bytes.as_slice())
+                .map_err(|error| storage_error("writing the oplog", error))?;
+            totals.oplog_entries += 1;
+        }
+        for (ident, slot) in unit.drops.iter() {
+            if drop_pending.is_none() {
+                drop_pending = Some(
+                    txn.open_table(DROP_PENDING)
+                        .map_err(|error| storage_error("opening drop-pending", error))?,
+                );
+            }
+            drop_pending
+                .as_mut()
+                .expect("opened above")
+                .insert(
+                    &drop_pending_key(unit.stamps[*slot as usize], *ident)[..],
+                    (),
+                )
+                .map_err(|error| storage_error("writing drop-pending", error))?;
+        }
+        max_ident = max_ident.max(unit.max_ident);
+    }
+    let mut meta = txn
+        .open_table(META)
+        .map_err(|error| storage_error("opening metadata", error))?;
+    put_commit_state(
+        &mut meta,
+        &format::CommitState {
+            last_ts: totals.last,
+            stable_ts: base.stable.unwrap_or(totals.last),
+            oplog_bytes: totals.oplog_bytes,
+            next_ident: base.next_ident.max(max_ident + 1),
+        },
+    )?;
+    Ok(totals)
+}
+
 fn apply_batch(
     inner: &Inner,
     batch: &[CommitRequest],
     state: &crate::engine::TimestampState,
     durable: bool,
 ) -> Result<BatchOutcome, Error> {
+    let units = prepare_units(batch, state.last_assigned, inner.clock.wall_secs())?;
     let txn = begin(inner, durable)?;
-    let wall_secs = inner.clock.wall_secs();
-    let mut last = state.last_assigned;
-    let mut stamps = Vec::with_capacity(batch.len());
-    let mut oplog_bytes = state.oplog_bytes;
-    let (mut histories, mut versions, mut oplog_entries) = (0u64, 0u64, 0u64);
-    let mut max_ident = 0;
-    {
-        let mut tables = BatchTables::new(&txn);
-        let mut writelog = txn
-            .open_table(WRITELOG)
-            .map_err(|error| storage_error("opening the write log", error))?;
-        // Opened only when a batch has oplog entries or drops.
-        let mut oplog = None;
-        let mut drop_pending = None;
-        for request in batch {
-            let request_stamps: Vec<Timestamp> = match &request.explicit_timestamps {
-                Some(timestamps) => {
-                    assert!(timestamps[0] > last, "explicit timestamps were checked");
-                    timestamps.clone()
-                }
-                None => (0..request.slot_count)
-                    .map(|_| {
-                        last = next_timestamp(last, wall_secs);
-                        last
-                    })
-                    .collect(),
-            };
-            last = *request_stamps.last().expect("at least one slot");
-            for write in &request.writes {
-                let ts = request_stamps[write.slot as usize];
-                if apply_write(
-                    &mut tables,
-                    &mut writelog,
-                    write.ident,
-                    &write.key,
-                    write.value.as_deref(),
-                    ts,
-                )? {
-                    histories += 1;
-                }
-                versions += 1;
-            }
-            for (index, entry) in request.oplog.iter().enumerate() {
-                let ts = request_stamps[index];
-                let mut entry = entry.clone();
-                entry.insert("ts", bson::Bson::from(ts));
-                let bytes = bson::serialize_to_vec(&entry).map_err(|error| {
-                    Error::new(ErrorCode::BadValue, format!("oplog entry: {error}"))
-                })?;
-                oplog_bytes += bytes.len() as u64;
-                if oplog.is_none() {
-                    oplog = Some(
-                        txn.open_table(OPLOG)
-                            .map_err(|error| storage_error("opening the oplog", error))?,
-                    );
-                }
-                oplog
-                    .as_mut()
-                    .expect("opened above")
-                    .insert(ts.as_u64(), bytes.as_slice())
-                    .map_err(|error| storage_error("writing the oplog", error))?;
-                oplog_entries += 1;
-            }
-            for (ident, slot) in &request.drop_idents {
-                if drop_pending.is_none() {
-                    drop_pending = Some(
-                        txn.open_table(DROP_PENDING)
-                            .map_err(|error| storage_error("opening drop-pending", error))?,
-                    );
-                }
-                drop_pending
-                    .as_mut()
-                    .expect("opened above")
-                    .insert(
-                        &drop_pending_key(request_stamps[*slot as usize], *ident)[..],
-                        (),
-                    )
-                    .map_err(|error| storage_error("writing drop-pending", error))?;
-            }
-            max_ident = max_ident.max(request.max_ident);
-            stamps.push(request_stamps);
-        }
-        let mut meta = txn
-            .open_table(META)
-            .map_err(|error| storage_error("opening metadata", error))?;
-        let stable = if state.stable_follows_newest {
-            last
-        } else {
-            state.stable
-        };
-        let mut record = commit_state(inner, last, stable, oplog_bytes);
-        record.next_ident = record.next_ident.max(max_ident + 1);
-        put_commit_state(&mut meta, &record)?;
+    let stable = (!state.stable_follows_newest).then_some(state.stable);
+    let totals = write_units(
+        &txn,
+        &units,
+        &CommitBase {
+            oplog_bytes: state.oplog_bytes,
+            stable,
+            next_ident: inner.next_ident.load(Ordering::Relaxed),
+        },
+    )?;
+    let mut journal_bytes = 0;
+    if durable {
+        commit_durable(inner, txn, totals.last, "committing")?;
+    } else {
+        txn.commit()
+            .map_err(|error| storage_error("committing", error))?;
+        // Journaled after the redb commit and before the batch is visible: the journal never
+        // holds a batch redb refused, and every visible commit has its record written.
+        let record = crate::journal::encode_record(&units, stable);
+        journal_bytes = record.len() as u64;
+        inner.journal.append(record, totals.last);
     }
-    txn.commit()
-        .map_err(|error| storage_error("committing", error))?;
     Ok(BatchOutcome {
-        last,
-        stamps,
-        oplog_bytes,
-        histories,
-        versions,
-        oplog_entries,
+        last: totals.last,
+        stamps: units.into_iter().map(|unit| unit.stamps).collect(),
+        oplog_bytes: totals.oplog_bytes,
+        histories: totals.histories,
+        versions: totals.versions,
+        oplog_entries: totals.oplog_entries,
+        journal_bytes,
     })
 }
 
-/// A durable commit that records timestamps: a journal flush (`checkpoint: None`) or a
-/// checkpoint (records the stable timestamp as the checkpoint timestamp, and whether this is a
-/// clean shutdown).
+/// Commits a durable redb transaction that holds every commit through `durable_ts`, and starts
+/// a new journal generation with it: the transaction records the generation, so recovery
+/// ignores the records of the older one, which the commit already holds.
+fn commit_durable(
+    inner: &Inner,
+    txn: WriteTransaction,
+    durable_ts: Timestamp,
+    context: &str,
+) -> Result<(), Error> {
+    let generation = inner.journal.generation() + 1;
+    {
+        let mut meta = txn
+            .open_table(META)
+            .map_err(|error| storage_error("opening metadata", error))?;
+        put_meta(&mut meta, format::META_JOURNAL_GENERATION, generation)?;
+    }
+    txn.commit()
+        .map_err(|error| storage_error(context, error))?;
+    inner.journal.restart(generation, durable_ts);
+    Ok(())
+}
+
+/// A durable commit that records timestamps: the periodic sync of the data (`checkpoint: None`)
+/// or a checkpoint (records the stable timestamp as the checkpoint timestamp, and whether this
+/// is a clean shutdown). It starts a new journal generation.
 fn durable_marker(inner: &Inner, checkpoint: Option<bool>) -> Result<Timestamp, Error> {
     if let Some(error) = inner.failure.lock().clone() {
         return Err(error);
@@ -686,8 +990,7 @@ fn durable_marker(inner: &Inner, checkpoint: Option<bool>) -> Result<Timestamp, 
             put_meta(&mut meta, format::META_CLEAN_SHUTDOWN, u64::from(clean))?;
         }
     }
-    if let Err(error) = txn.commit() {
-        let error = storage_error("durable commit", error);
+    if let Err(error) = commit_durable(inner, txn, state.last_assigned, "durable commit") {
         record_failure(inner, &error);
         return Err(error);
     }
@@ -958,8 +1261,7 @@ fn recover_to_stable(inner: &Inner) -> Result<Timestamp, Error> {
             .map_err(|error| storage_error("opening metadata", error))?;
         put_commit_state(&mut meta, &commit_state(inner, stable, stable, oplog_bytes))?;
     }
-    txn.commit()
-        .map_err(|error| storage_error("committing the recovery", error))?;
+    commit_durable(inner, txn, stable, "committing the recovery")?;
 
     // Tables of collections created after the stable timestamp are now empty and no longer
     // referenced by any catalog version.
@@ -971,7 +1273,7 @@ fn recover_to_stable(inner: &Inner) -> Result<Timestamp, Error> {
         .difference(&referenced_after)
         .copied()
         .collect();
-    delete_orphaned_tables(inner, &orphaned)?;
+    delete_orphaned_tables(inner, &orphaned, stable)?;
     drop(catalog);
     {
         let mut timestamps = inner.timestamps.lock();
@@ -986,7 +1288,11 @@ fn recover_to_stable(inner: &Inner) -> Result<Timestamp, Error> {
     Ok(stable)
 }
 
-fn delete_orphaned_tables(inner: &Inner, orphaned: &[u64]) -> Result<(), Error> {
+fn delete_orphaned_tables(
+    inner: &Inner,
+    orphaned: &[u64],
+    durable_ts: Timestamp,
+) -> Result<(), Error> {
     if orphaned.is_empty() {
         return Ok(());
     }
@@ -1000,8 +1306,7 @@ fn delete_orphaned_tables(inner: &Inner, orphaned: &[u64]) -> Result<(), Error> 
                 .map_err(|error| storage_error("deleting a table", error))?;
         }
     }
-    txn.commit()
-        .map_err(|error| storage_error("deleting tables", error))?;
+    commit_durable(inner, txn, durable_ts, "deleting tables")?;
     Ok(())
 }
 
@@ -1035,8 +1340,7 @@ fn truncate_oplog_after(inner: &Inner, after: Timestamp) -> Result<u64, Error> {
             &commit_state(inner, state.last_assigned, state.stable, oplog_bytes),
         )?;
     }
-    txn.commit()
-        .map_err(|error| storage_error("truncating the oplog", error))?;
+    commit_durable(inner, txn, state.last_assigned, "truncating the oplog")?;
     inner.timestamps.lock().oplog_bytes = oplog_bytes;
     Counters::add(&inner.counters.oplog_entries_truncated, removed_count);
     Ok(removed_count)

@@ -18,6 +18,12 @@ pub struct EngineConfig {
     pub history_window_secs: u32,
     /// `j: false` commits are on disk within this interval (MongoDB's commitIntervalMs).
     pub commit_interval_ms: u64,
+    /// The data itself (redb) is committed durably at least this often; the journal makes the
+    /// commits in between durable, and starts over after each such commit.
+    pub data_sync_interval_ms: u64,
+    /// A batch that finds the journal this full commits durably to redb instead (which starts
+    /// the journal over), bounding the journal's size and the replay after a crash.
+    pub journal_bytes_max: u64,
     /// A checkpoint (durable commit that records the stable timestamp) at least this often.
     pub checkpoint_interval_secs: u64,
     /// Garbage collection runs at least this often.
@@ -47,6 +53,8 @@ impl Default for EngineConfig {
         EngineConfig {
             history_window_secs: 300,
             commit_interval_ms: 100,
+            data_sync_interval_ms: 1_000,
+            journal_bytes_max: 256 * 1024 * 1024,
             checkpoint_interval_secs: 60,
             gc_interval_ms: 1_000,
             gc_batch_entries_max: 20_000,

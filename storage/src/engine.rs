@@ -18,6 +18,7 @@ use crate::committer::{self, Job};
 use crate::completion::{Completion, Wake};
 use crate::config::{CommitMode, EngineConfig, OPLOG_DEFAULT_BYTES_MAX, OPLOG_DEFAULT_BYTES_MIN};
 use crate::format::{self, META};
+use crate::journal::{Journal, JournalFile};
 use crate::keylocks::{KeyLocks, OwnerId};
 use crate::pins::Pins;
 use crate::snapshot::{ReadAt, Snapshot};
@@ -47,8 +48,10 @@ pub struct TimestampState {
     pub oplog_bytes: u64,
     /// Commits that are visible but not yet durable exist.
     pub dirty: bool,
-    /// Monotonic time of the last durable commit, checkpoint and garbage collection pass.
+    /// Monotonic time of the last durable redb commit, journal sync, checkpoint and garbage
+    /// collection pass.
     pub last_durable_at: Duration,
+    pub last_journal_sync_at: Duration,
     pub last_checkpoint_at: Duration,
     pub last_gc_at: Duration,
 }
@@ -85,6 +88,16 @@ pub(crate) struct Inner {
     /// Set when a commit failed with an I/O error: the engine refuses further writes.
     pub failure: Mutex<Option<Error>>,
     pub oplog_cap_bytes: u64,
+    pub journal: Journal,
+    /// Starts the data file's write-back between durable commits (disk only).
+    pub writeback: Option<crate::backend::DataFileWriteback>,
+    /// `j: true` commits and flushes waiting for a journal sync (`committer::settle_sync`).
+    pub sync_group: Mutex<committer::SyncGroup>,
+    pub sync_wake: Condvar,
+    /// Units of work begun and not yet queued for commit or aborted.
+    pub active_units: std::sync::atomic::AtomicUsize,
+    /// Journal records applied when the engine opened.
+    pub journal_replayed_records: u64,
 }
 
 impl Drop for Inner {
@@ -257,6 +270,8 @@ impl Engine {
             "gc_batch_entries_max must be > 0"
         );
         let db = open_database(&config, &backend)?;
+        let journal_file = crate::backend::open_journal_file(&backend)?;
+        let replay = replay_journal(&db, &journal_file)?;
         let oplog_cap_bytes = config
             .oplog_size_bytes
             .unwrap_or_else(|| default_oplog_cap(&backend));
@@ -331,6 +346,7 @@ impl Engine {
                 oplog_bytes: record.oplog_bytes,
                 dirty: false,
                 last_durable_at: clock.monotonic(),
+                last_journal_sync_at: clock.monotonic(),
                 last_checkpoint_at: clock.monotonic(),
                 last_gc_at: Duration::ZERO,
             }
@@ -345,11 +361,25 @@ impl Engine {
                     format::CommitState::decode(guard.value()).next_ident
                 })
         };
+        // This durable commit holds the replayed records and starts the next journal
+        // generation, so that they are never applied twice.
+        let journal_generation = replay.generation + 1;
+        {
+            let mut meta = txn
+                .open_table(META)
+                .map_err(|error| storage_error("opening", error))?;
+            meta.insert(
+                format::META_JOURNAL_GENERATION,
+                &journal_generation.to_be_bytes()[..],
+            )
+            .map_err(|error| storage_error("initialising", error))?;
+        }
         let mut txn = txn;
         txn.set_durability(redb::Durability::Immediate)
             .map_err(|error| storage_error("opening", error))?;
         txn.commit()
             .map_err(|error| storage_error("opening", error))?;
+        let journal = Journal::new(journal_file, journal_generation, state.last_assigned)?;
 
         let catalog = load_catalog(&db)?;
         let next_ident = stored_next_ident
@@ -379,6 +409,12 @@ impl Engine {
             writer: Mutex::new(()),
             failure: Mutex::new(None),
             oplog_cap_bytes,
+            journal,
+            writeback: crate::backend::DataFileWriteback::open(&backend),
+            sync_group: Mutex::new(committer::SyncGroup::default()),
+            sync_wake: Condvar::new(),
+            active_units: std::sync::atomic::AtomicUsize::new(0),
+            journal_replayed_records: replay.records,
             clock,
             config,
         });
@@ -566,8 +602,10 @@ impl Engine {
             }
             CommitMode::Inline => {
                 let writer = self.inner.writer.lock();
-                committer::process(&self.inner, vec![job]);
+                let awaiting = committer::process(&self.inner, vec![job]);
                 drop(writer);
+                committer::finish_sync(&self.inner, awaiting);
+                committer::write_out_large_buffer(&self.inner);
                 done.take()
             }
         }
@@ -606,6 +644,10 @@ impl Engine {
             pinned_snapshots: self.inner.pins.pinned_count() as u64,
             tracked_keys: self.inner.keylocks.len() as u64,
             largest_batch: Counters::load(&c.largest_batch),
+            journal_records: Counters::load(&c.journal_records),
+            journal_bytes: Counters::load(&c.journal_bytes),
+            journal_syncs: Counters::load(&c.journal_syncs),
+            journal_replayed_records: self.inner.journal_replayed_records,
             visible_ts: self.visible_timestamp(),
             stable_ts: timestamps.stable,
             oldest_ts: timestamps.oldest,
@@ -659,6 +701,111 @@ impl Engine {
         stop_committer(&self.inner, &self.lifecycle.committer);
         result.map(|_| ())
     }
+}
+
+/// What recovery took from the journal.
+struct Replay {
+    /// The generation redb's last durable commit named.
+    generation: u64,
+    records: u64,
+}
+
+/// Crash recovery's second half: applies the journal records that follow redb's last durable
+/// commit (those of the generation it names), in order, up to the first that is not whole.
+fn replay_journal(db: &redb::Database, file: &JournalFile) -> Result<Replay, Error> {
+    let (generation, durable) = {
+        let txn = db
+            .begin_read()
+            .map_err(|error| storage_error("reading the journal generation", error))?;
+        match txn.open_table(META) {
+            Ok(meta) => {
+                let generation = read_meta_u64(&meta, format::META_JOURNAL_GENERATION)?;
+                let state = meta
+                    .get(format::META_COMMIT_STATE)
+                    .map_err(|error| storage_error("reading metadata", error))?
+                    .map(|guard| format::CommitState::decode(guard.value()))
+                    .unwrap_or_default();
+                (generation.unwrap_or(0), state)
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => (0, format::CommitState::default()),
+            Err(error) => return Err(storage_error("reading metadata", error)),
+        }
+    };
+    let scan = Journal::scan(file, generation)?;
+    if let Some(reason) = &scan.cut {
+        tracing::warn!(
+            %reason,
+            whole_records = scan.records.len(),
+            "the journal ends in a record that is not whole (a torn write at a crash): recovery stops before it"
+        );
+    }
+    let mut replay = Replay {
+        generation,
+        records: 0,
+    };
+    if scan.records.is_empty() {
+        return Ok(replay);
+    }
+    let mut txn = db
+        .begin_write()
+        .map_err(|error| storage_error("replaying the journal", error))?;
+    txn.set_durability(redb::Durability::None)
+        .map_err(|error| storage_error("replaying the journal", error))?;
+    let mut state = durable;
+    for (last_ts, payload) in &scan.records {
+        if *last_ts <= state.last_ts {
+            // Already in redb: closing redb without a checkpoint (a dropped engine) makes its
+            // non-durable commits durable without starting a new generation.
+            continue;
+        }
+        let crate::journal::DecodedRecord { units, stable } =
+            crate::journal::decode_payload(payload)?;
+        let first = units.first().map(|unit| unit.stamps[0]);
+        if first.is_none_or(|first| first <= state.last_ts) || units_last(&units) != *last_ts {
+            return Err(Error::new(
+                ErrorCode::DataCorruptionDetected,
+                format!(
+                    "a journal record (commits through {last_ts}) does not follow the durable commit at {}; restore from a backup or resync this member",
+                    state.last_ts
+                ),
+            ));
+        }
+        let totals = committer::write_units(
+            &txn,
+            &units,
+            &committer::CommitBase {
+                oplog_bytes: state.oplog_bytes,
+                stable,
+                next_ident: state.next_ident,
+            },
+        )?;
+        state.last_ts = totals.last;
+        state.oplog_bytes = totals.oplog_bytes;
+        state.next_ident = state.next_ident.max(
+            units
+                .iter()
+                .map(|unit| unit.max_ident + 1)
+                .max()
+                .unwrap_or(0),
+        );
+        replay.records += 1;
+    }
+    txn.commit()
+        .map_err(|error| storage_error("replaying the journal", error))?;
+    tracing::info!(
+        records = replay.records,
+        bytes = scan.bytes,
+        through = %state.last_ts,
+        "replayed the journal"
+    );
+    Ok(replay)
+}
+
+fn units_last(units: &[committer::BatchUnit<'_>]) -> Timestamp {
+    units
+        .last()
+        .and_then(|unit| unit.stamps.last().copied())
+        .unwrap_or(Timestamp::ZERO)
 }
 
 /// Decodes a catalog key (the keystring of a namespace string) back into the string.

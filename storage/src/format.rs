@@ -28,6 +28,8 @@ pub(crate) const META_COMMIT_STATE: &str = "commit_state";
 pub(crate) const META_OLDEST_TS: &str = "oldest_ts";
 pub(crate) const META_CHECKPOINT_TS: &str = "checkpoint_ts";
 pub(crate) const META_CLEAN_SHUTDOWN: &str = "clean_shutdown";
+/// The journal generation whose records follow this durable commit (see `journal`).
+pub(crate) const META_JOURNAL_GENERATION: &str = "journal_generation";
 
 /// What every commit updates, in one 32-byte record (one redb insert per batch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

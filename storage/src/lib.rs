@@ -13,10 +13,12 @@
 //!   timestamps (one per oplog entry), together with their oplog entries. The first writer of a
 //!   key owns it until its commit is visible; a second writer gets `WriteConflict` (112) and, in
 //!   [`retry::write_conflict_retry`], queues on the key instead of spinning.
-//! - **Commit** goes through one committer thread that turns many units of work into one redb
-//!   transaction (group commit): `j: true` commits wait for a durable redb commit, which all
-//!   waiting committers share; `j: false` commits return once visible and are made durable within
-//!   `commit_interval_ms`.
+//! - **Commit** goes through a leader that turns many units of work into one redb transaction
+//!   (group commit), committed without durability and then recorded in the journal (`journal`):
+//!   `j: true` commits wait for a journal fdatasync, which concurrent committers share; `j: false`
+//!   commits return once visible and are made durable within `commit_interval_ms`. A durable redb
+//!   commit every `data_sync_interval_ms` starts the journal over; recovery is redb's last
+//!   durable commit plus journal replay.
 //! - **The write log** records `(ts, ident, key)` for every version written. Garbage collection
 //!   walks it forwards from the oldest timestamp; `recover_to_stable_timestamp` walks it backwards
 //!   from the newest to undo everything after the stable timestamp.
@@ -30,6 +32,7 @@ mod completion;
 mod config;
 mod engine;
 mod format;
+mod journal;
 mod keylocks;
 mod pins;
 pub mod retry;
@@ -43,6 +46,7 @@ pub use backend::{Backend, CrashableMemory};
 pub use catalog::{CollectionMeta, IndexMeta};
 pub use config::{CommitMode, EngineConfig};
 pub use engine::{Engine, TimestampState};
+pub use journal::JOURNAL_FILE_NAME;
 pub use snapshot::{OplogIter, ReadAt, ScanDirection, ScanIter, Snapshot};
 pub use stats::EngineStats;
 pub use write::{CommitInfo, Durability, KEY_SIZE_MAX_BYTES, VALUE_SIZE_MAX_BYTES, WriteUnit};

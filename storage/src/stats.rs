@@ -22,6 +22,9 @@ pub(crate) struct Counters {
     pub checkpoints: AtomicU64,
     pub snapshots_opened: AtomicU64,
     pub largest_batch: AtomicU64,
+    pub journal_records: AtomicU64,
+    pub journal_bytes: AtomicU64,
+    pub journal_syncs: AtomicU64,
 }
 
 impl Counters {
@@ -55,6 +58,13 @@ pub struct EngineStats {
     pub pinned_snapshots: u64,
     pub tracked_keys: u64,
     pub largest_batch: u64,
+    /// Journal records (one per batch not committed durably to redb) and their bytes.
+    pub journal_records: u64,
+    pub journal_bytes: u64,
+    /// fdatasyncs of the journal.
+    pub journal_syncs: u64,
+    /// Records applied from the journal when the engine opened (crash recovery).
+    pub journal_replayed_records: u64,
     pub visible_ts: cairn_types::Timestamp,
     pub stable_ts: cairn_types::Timestamp,
     pub oldest_ts: cairn_types::Timestamp,
@@ -80,6 +90,10 @@ impl EngineStats {
             "flushes": self.flushes as i64,
             "flushesShared": self.flushes_shared as i64,
             "largestCommitBatch": self.largest_batch as i64,
+            "journalRecords": self.journal_records as i64,
+            "journalBytes": self.journal_bytes as i64,
+            "journalSyncs": self.journal_syncs as i64,
+            "journalRecordsReplayed": self.journal_replayed_records as i64,
             "writeConflicts": self.write_conflicts as i64,
             "writeConflictWaits": self.write_conflict_waits as i64,
             "versionsWritten": self.versions_written as i64,

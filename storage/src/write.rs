@@ -75,6 +75,9 @@ pub struct WriteUnit {
     explicit_timestamps: Option<Vec<Timestamp>>,
     conflict: Option<(KeyId, ClaimConflict)>,
     finished: bool,
+    /// Counted in the engine's units being prepared (which the journal's group commit waits
+    /// for) until it is queued for commit or dropped.
+    active: bool,
 }
 
 impl std::fmt::Debug for WriteUnit {
@@ -95,6 +98,10 @@ impl WriteUnit {
         owner: OwnerId,
         reserved: Option<(KeyId, Option<SealedValue>)>,
     ) -> WriteUnit {
+        engine
+            .inner
+            .active_units
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let snapshot = Snapshot::open(engine.inner.clone(), ReadAt::Latest)
             .expect("a snapshot at the latest timestamp can always be opened");
         let mut claimed = Vec::new();
@@ -120,6 +127,7 @@ impl WriteUnit {
             explicit_timestamps: None,
             conflict: None,
             finished: false,
+            active: true,
         }
     }
 
@@ -480,6 +488,7 @@ impl WriteUnit {
     pub fn commit(mut self, durability: Durability) -> Result<CommitInfo, Error> {
         self.check_failed()?;
         self.finished = true;
+        self.deactivate();
         if self.is_empty() && self.catalog_changes.is_empty() {
             // Nothing to write: release claims, and for j:true wait for what is visible to be
             // durable (MongoDB's j:true on a no-op write waits for the journal).
@@ -570,6 +579,15 @@ impl WriteUnit {
         })
     }
 
+    fn deactivate(&mut self) {
+        if std::mem::replace(&mut self.active, false) {
+            self.engine
+                .inner
+                .active_units
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+
     fn release_claims(&mut self) {
         let claimed = std::mem::take(&mut self.claimed);
         if !claimed.is_empty() {
@@ -589,6 +607,7 @@ impl WriteUnit {
 
 impl Drop for WriteUnit {
     fn drop(&mut self) {
+        self.deactivate();
         self.release_claims();
     }
 }

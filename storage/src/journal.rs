@@ -1,0 +1,680 @@
+//! The journal: one checksummed record per commit batch, so that a `j: true` commit needs one
+//! sequential write and one fdatasync instead of a durable redb commit.
+//!
+//! How it fits (docs/storage.md, "Durability"):
+//! - Every batch commits to redb without durability, then its record is appended here, then the
+//!   batch becomes visible. A record holds each unit's commit timestamps and staged writes,
+//!   stamped oplog entries, drops and idents: everything needed to apply the batch again.
+//! - A `j: true` commit returns once the journal is synced through its record. The sync runs
+//!   after the leader has handed the writer over, so the next batch is applied while this one
+//!   syncs, and every record written by then shares the fdatasync.
+//! - A durable redb commit (every `data_sync_interval_ms`, at a checkpoint, when the journal is
+//!   full) holds every batch so far. It records a new *generation* in redb's metadata in the same
+//!   commit, and the journal starts again at offset 0 with that generation.
+//! - Recovery: redb returns to its last durable commit; the records of the generation it names
+//!   are read from offset 0 and applied in order until the first that is not whole: bad magic,
+//!   another generation (bytes of an older one), a length past the end, or a checksum mismatch
+//!   (a torn tail). Nothing of a record that is not whole is applied.
+//!
+//! Record layout (little-endian): `magic u32 | crc32c u32 (of everything after it) | generation
+//! u64 | payload length u32 | unit count u32 | last commit timestamp u64 | payload`.
+
+use crate::committer::{BatchUnit, StagedWrite};
+use crate::engine::storage_error;
+use cairn_types::{Error, ErrorCode, Timestamp};
+use parking_lot::Mutex;
+use std::borrow::Cow;
+
+/// The journal's file name inside the dbpath.
+pub const JOURNAL_FILE_NAME: &str = "cairn.journal";
+
+const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"CJRN");
+/// Bytes of a record header.
+pub(crate) const RECORD_HEADER_BYTES: usize = 32;
+/// The file grows by zero-filled chunks of this size, so that an fdatasync after an append
+/// usually has no file size to write.
+const JOURNAL_GROW_BYTES: u64 = 4 * 1024 * 1024;
+/// A value length meaning "delete".
+const DELETE_MARKER: u32 = u32::MAX;
+
+/// Where the journal's bytes live: the redb storage-backend interface (a file, memory, or the
+/// crashable memory of the tests).
+pub(crate) type JournalFile = Box<dyn redb::StorageBackend>;
+
+/// The end of the journal.
+#[derive(Debug)]
+struct Tail {
+    generation: u64,
+    /// File offset after the newest record (written or buffered).
+    offset: u64,
+    /// Records appended and not yet written to the file, which start at `offset -
+    /// buffer.len()`. Written (and synced) by `sync_through`, outside the writer mutex.
+    buffer: Vec<u8>,
+    /// Journal sequence number: bytes appended since the engine opened, across generations.
+    lsn: u64,
+    /// Commit timestamp of the newest record appended.
+    last_ts: Timestamp,
+}
+
+/// What is known to be on disk.
+#[derive(Debug, Clone, Copy)]
+struct Synced {
+    lsn: u64,
+    ts: Timestamp,
+}
+
+pub(crate) struct Journal {
+    file: JournalFile,
+    tail: Mutex<Tail>,
+    synced: Mutex<Synced>,
+    /// Held by the one thread that writes out and syncs (so the file is written only in order,
+    /// and a caller that waited here finds its record already synced). Holds the bytes the file
+    /// has (written or zero-filled).
+    writer: Mutex<u64>,
+}
+
+/// What recovery read from the journal.
+#[derive(Debug, Default)]
+pub(crate) struct JournalScan {
+    /// Payloads (each decodes to the units of one batch) with their last commit timestamps.
+    pub records: Vec<(Timestamp, Vec<u8>)>,
+    pub bytes: u64,
+    /// Why reading stopped before the end of the file at a record that was not whole, if it
+    /// did (a torn or damaged tail).
+    pub cut: Option<String>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("tail", &*self.tail.lock())
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_error(context: &str, error: impl std::fmt::Display) -> Error {
+    storage_error(context, error)
+}
+
+impl Journal {
+    /// A journal over `file`, appending records of `generation` from offset 0. `durable_ts` is
+    /// the newest commit already durable without it.
+    pub(crate) fn new(
+        file: JournalFile,
+        generation: u64,
+        durable_ts: Timestamp,
+    ) -> Result<Journal, Error> {
+        let allocated = file
+            .len()
+            .map_err(|error| io_error("reading the journal's length", error))?;
+        Ok(Journal {
+            file,
+            tail: Mutex::new(Tail {
+                generation,
+                offset: 0,
+                buffer: Vec::new(),
+                lsn: 0,
+                last_ts: durable_ts,
+            }),
+            synced: Mutex::new(Synced {
+                lsn: 0,
+                ts: durable_ts,
+            }),
+            writer: Mutex::new(allocated),
+        })
+    }
+
+    /// Reads the whole records of `generation` from the start of `file`.
+    pub(crate) fn scan(file: &JournalFile, generation: u64) -> Result<JournalScan, Error> {
+        let length = file
+            .len()
+            .map_err(|error| io_error("reading the journal's length", error))?;
+        let mut bytes = vec![0u8; length as usize];
+        file.read(0, &mut bytes)
+            .map_err(|error| io_error("reading the journal", error))?;
+        let mut scan = JournalScan::default();
+        let mut offset = 0usize;
+        while offset + RECORD_HEADER_BYTES <= bytes.len() {
+            let header = &bytes[offset..offset + RECORD_HEADER_BYTES];
+            let magic = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
+            let record_generation = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+            if magic != RECORD_MAGIC || record_generation != generation {
+                // Zero fill or an older generation's bytes: the end of this generation.
+                break;
+            }
+            let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+            let payload_len = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes"));
+            let last_ts =
+                Timestamp::from_u64(u64::from_le_bytes(header[24..32].try_into().expect("8")));
+            let end = offset + RECORD_HEADER_BYTES + payload_len as usize;
+            if end > bytes.len() {
+                scan.cut = Some(format!(
+                    "the record at offset {offset} runs past the end of the journal"
+                ));
+                break;
+            }
+            if crc32c::crc32c(&bytes[offset + 8..end]) != crc {
+                scan.cut = Some(format!(
+                    "checksum mismatch in the record at offset {offset}"
+                ));
+                break;
+            }
+            scan.records
+                .push((last_ts, bytes[offset + RECORD_HEADER_BYTES..end].to_vec()));
+            scan.bytes += (end - offset) as u64;
+            offset = end;
+        }
+        Ok(scan)
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.tail.lock().generation
+    }
+
+    /// Bytes appended since the engine opened.
+    pub(crate) fn written_lsn(&self) -> u64 {
+        self.tail.lock().lsn
+    }
+
+    /// Bytes of the current generation.
+    pub(crate) fn generation_bytes(&self) -> u64 {
+        self.tail.lock().offset
+    }
+
+    /// Whether records were appended that are not yet synced.
+    pub(crate) fn unsynced(&self) -> bool {
+        let lsn = self.tail.lock().lsn;
+        self.synced.lock().lsn < lsn
+    }
+
+    /// Bytes appended and not yet written to the file.
+    pub(crate) fn buffered_bytes(&self) -> usize {
+        self.tail.lock().buffer.len()
+    }
+
+    /// Appends a record (built by [`encode_record`], header left to fill) for a batch whose
+    /// newest commit timestamp is `last_ts`, to the buffer: no system call. Returns the journal
+    /// sequence number after it. Called by the committer only (under the writer mutex), so
+    /// records are in commit order.
+    pub(crate) fn append(&self, mut record: Vec<u8>, last_ts: Timestamp) -> u64 {
+        let mut tail = self.tail.lock();
+        assert!(
+            last_ts > tail.last_ts,
+            "journal records must be appended in commit order"
+        );
+        let payload_len = record.len() - RECORD_HEADER_BYTES;
+        record[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
+        record[8..16].copy_from_slice(&tail.generation.to_le_bytes());
+        record[16..20].copy_from_slice(
+            &u32::try_from(payload_len)
+                .expect("a journal record is under 4 GiB")
+                .to_le_bytes(),
+        );
+        record[24..32].copy_from_slice(&last_ts.as_u64().to_le_bytes());
+        let crc = crc32c::crc32c(&record[8..]);
+        record[4..8].copy_from_slice(&crc.to_le_bytes());
+        tail.offset += record.len() as u64;
+        tail.lsn += record.len() as u64;
+        tail.last_ts = last_ts;
+        if tail.buffer.is_empty() {
+            tail.buffer = record;
+        } else {
+            tail.buffer.extend_from_slice(&record);
+        }
+        tail.lsn
+    }
+
+    /// Writes the buffered records to the file and, if `sync`, makes the journal durable
+    /// through `lsn`. Returns the newest commit timestamp known to be durable through the
+    /// journal and whether this call ran an fdatasync.
+    pub(crate) fn sync_through(&self, lsn: u64, sync: bool) -> Result<(Timestamp, bool), Error> {
+        {
+            let synced = self.synced.lock();
+            if synced.lsn >= lsn {
+                return Ok((synced.ts, false));
+            }
+        }
+        let mut allocated = self.writer.lock();
+        {
+            let synced = self.synced.lock();
+            if synced.lsn >= lsn {
+                return Ok((synced.ts, false));
+            }
+        }
+        // Everything appended before the fdatasync starts is covered by it.
+        let (chunk, start, target_lsn, target_ts) = {
+            let mut tail = self.tail.lock();
+            let chunk = std::mem::take(&mut tail.buffer);
+            let start = tail.offset - chunk.len() as u64;
+            (chunk, start, tail.lsn, tail.last_ts)
+        };
+        if !chunk.is_empty() {
+            let end = start + chunk.len() as u64;
+            if end > *allocated {
+                // Zeros written, not a hole: writing into a hole allocates blocks, and the
+                // fdatasync after it would have to write that metadata too.
+                let grown = end.div_ceil(JOURNAL_GROW_BYTES) * JOURNAL_GROW_BYTES;
+                let zeros = vec![0u8; (grown - *allocated) as usize];
+                self.file
+                    .set_len(grown)
+                    .and_then(|()| self.file.write(*allocated, &zeros))
+                    .map_err(|error| io_error("growing the journal", error))?;
+                *allocated = grown;
+            }
+            self.file
+                .write(start, &chunk)
+                .map_err(|error| io_error("writing the journal", error))?;
+        }
+        if !sync {
+            return Ok((self.synced.lock().ts, false));
+        }
+        self.file
+            .sync_data()
+            .map_err(|error| io_error("syncing the journal", error))?;
+        let mut synced = self.synced.lock();
+        if target_lsn > synced.lsn {
+            *synced = Synced {
+                lsn: target_lsn,
+                ts: target_ts,
+            };
+        }
+        Ok((synced.ts, true))
+    }
+
+    /// Starts `generation` at offset 0, after a durable redb commit that recorded it and holds
+    /// every commit through `durable_ts` (so every record appended so far, whose buffered
+    /// bytes are dropped).
+    pub(crate) fn restart(&self, generation: u64, durable_ts: Timestamp) {
+        let mut tail = self.tail.lock();
+        assert!(
+            generation > tail.generation,
+            "journal generations only increase"
+        );
+        tail.generation = generation;
+        tail.offset = 0;
+        tail.buffer = Vec::new();
+        tail.last_ts = durable_ts;
+        let mut synced = self.synced.lock();
+        *synced = Synced {
+            lsn: tail.lsn,
+            ts: durable_ts,
+        };
+    }
+}
+
+/// The payload's stable timestamp when stable follows the newest commit.
+const STABLE_FOLLOWS_NEWEST: u64 = u64::MAX;
+
+/// Encodes the units of one batch, and the stable timestamp its commit recorded (`None`:
+/// stable follows the newest commit), as a record whose header [`Journal::append`] fills in.
+pub(crate) fn encode_record(units: &[BatchUnit<'_>], stable: Option<Timestamp>) -> Vec<u8> {
+    let size: usize = units
+        .iter()
+        .map(|unit| {
+            32 + unit.stamps.len() * 8
+                + unit
+                    .writes
+                    .iter()
+                    .map(|write| {
+                        20 + write.key.len() + write.value.as_ref().map_or(0, |value| value.len())
+                    })
+                    .sum::<usize>()
+                + unit
+                    .oplog
+                    .iter()
+                    .map(|entry| 4 + entry.len())
+                    .sum::<usize>()
+                + unit.drops.len() * 12
+        })
+        .sum();
+    let mut out = Vec::with_capacity(RECORD_HEADER_BYTES + 8 + size);
+    out.resize(RECORD_HEADER_BYTES, 0);
+    out.extend_from_slice(
+        &stable
+            .map_or(STABLE_FOLLOWS_NEWEST, Timestamp::as_u64)
+            .to_le_bytes(),
+    );
+    out[20..24].copy_from_slice(
+        &u32::try_from(units.len())
+            .expect("unit count fits u32")
+            .to_le_bytes(),
+    );
+    let u32_of = |value: usize| u32::try_from(value).expect("journal field fits u32");
+    for unit in units {
+        out.extend_from_slice(&u32_of(unit.stamps.len()).to_le_bytes());
+        for stamp in unit.stamps.iter() {
+            out.extend_from_slice(&stamp.as_u64().to_le_bytes());
+        }
+        out.extend_from_slice(&unit.max_ident.to_le_bytes());
+        out.extend_from_slice(&u32_of(unit.writes.len()).to_le_bytes());
+        for write in unit.writes.iter() {
+            out.extend_from_slice(&write.ident.to_le_bytes());
+            out.extend_from_slice(&write.slot.to_le_bytes());
+            out.extend_from_slice(&u32_of(write.key.len()).to_le_bytes());
+            out.extend_from_slice(&write.key);
+            match &write.value {
+                Some(value) => {
+                    let length = u32_of(value.len());
+                    assert!(length != DELETE_MARKER, "value length is below 4 GiB");
+                    out.extend_from_slice(&length.to_le_bytes());
+                    out.extend_from_slice(value);
+                }
+                None => out.extend_from_slice(&DELETE_MARKER.to_le_bytes()),
+            }
+        }
+        out.extend_from_slice(&u32_of(unit.oplog.len()).to_le_bytes());
+        for entry in &unit.oplog {
+            out.extend_from_slice(&u32_of(entry.len()).to_le_bytes());
+            out.extend_from_slice(entry);
+        }
+        out.extend_from_slice(&u32_of(unit.drops.len()).to_le_bytes());
+        for (ident, slot) in unit.drops.iter() {
+            out.extend_from_slice(&ident.to_le_bytes());
+            out.extend_from_slice(&slot.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// Reads a whole (checksummed) record's payload. A payload that does not parse is damage the
+/// checksum did not catch: DataCorruptionDetected.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, count: usize) -> Result<&'a [u8], Error> {
+        let end = self
+            .at
+            .checked_add(count)
+            .filter(|end| *end <= self.bytes.len());
+        let Some(end) = end else {
+            return Err(Error::new(
+                ErrorCode::DataCorruptionDetected,
+                "a journal record is malformed (shorter than its contents)",
+            ));
+        };
+        let slice = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(slice)
+    }
+
+    fn u32(&mut self) -> Result<u32, Error> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+
+    fn u64(&mut self) -> Result<u64, Error> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+
+    fn count(&mut self, min_item_bytes: usize) -> Result<usize, Error> {
+        let count = self.u32()? as usize;
+        if count.saturating_mul(min_item_bytes) > self.bytes.len() - self.at {
+            return Err(Error::new(
+                ErrorCode::DataCorruptionDetected,
+                "a journal record is malformed (a count past its end)",
+            ));
+        }
+        Ok(count)
+    }
+}
+
+/// A decoded record: the units of its batch and the stable timestamp its commit recorded.
+pub(crate) struct DecodedRecord {
+    pub units: Vec<BatchUnit<'static>>,
+    pub stable: Option<Timestamp>,
+}
+
+/// Decodes a record's payload.
+pub(crate) fn decode_payload(payload: &[u8]) -> Result<DecodedRecord, Error> {
+    let mut reader = Reader {
+        bytes: payload,
+        at: 0,
+    };
+    let stable = match reader.u64()? {
+        STABLE_FOLLOWS_NEWEST => None,
+        ts => Some(Timestamp::from_u64(ts)),
+    };
+    let mut units = Vec::new();
+    while reader.at < payload.len() {
+        let slots = reader.count(8)?;
+        let stamps = (0..slots)
+            .map(|_| reader.u64().map(Timestamp::from_u64))
+            .collect::<Result<Vec<_>, Error>>()?;
+        let max_ident = reader.u64()?;
+        let write_count = reader.count(20)?;
+        let mut writes = Vec::with_capacity(write_count);
+        for _ in 0..write_count {
+            let ident = reader.u64()?;
+            let slot = reader.u32()?;
+            let key_len = reader.u32()? as usize;
+            let key = reader.take(key_len)?.to_vec();
+            let value_len = reader.u32()?;
+            let value = if value_len == DELETE_MARKER {
+                None
+            } else {
+                Some(reader.take(value_len as usize)?.to_vec())
+            };
+            writes.push(StagedWrite {
+                ident,
+                key,
+                value,
+                slot,
+            });
+        }
+        let oplog_count = reader.count(4)?;
+        let mut oplog = Vec::with_capacity(oplog_count);
+        for _ in 0..oplog_count {
+            let length = reader.u32()? as usize;
+            oplog.push(reader.take(length)?.to_vec());
+        }
+        let drop_count = reader.count(12)?;
+        let mut drops = Vec::with_capacity(drop_count);
+        for _ in 0..drop_count {
+            let ident = reader.u64()?;
+            let slot = reader.u32()?;
+            drops.push((ident, slot));
+        }
+        let slot_ok = |slot: u32| (slot as usize) < stamps.len();
+        if stamps.is_empty()
+            || stamps.windows(2).any(|pair| pair[0] >= pair[1])
+            || !writes.iter().all(|write| slot_ok(write.slot))
+            || oplog.len() > stamps.len()
+            || !drops.iter().all(|(_, slot)| slot_ok(*slot))
+        {
+            return Err(Error::new(
+                ErrorCode::DataCorruptionDetected,
+                "a journal record is malformed (timestamps or slots out of order)",
+            ));
+        }
+        units.push(BatchUnit {
+            stamps,
+            writes: Cow::Owned(writes),
+            oplog,
+            drops: Cow::Owned(drops),
+            max_ident,
+        });
+    }
+    if units.is_empty() {
+        return Err(Error::new(
+            ErrorCode::DataCorruptionDetected,
+            "a journal record is malformed (no units of work)",
+        ));
+    }
+    Ok(DecodedRecord { units, stable })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(first: u64, writes: usize) -> BatchUnit<'static> {
+        let stamps = vec![
+            Timestamp::new(100, first as u32),
+            Timestamp::new(100, first as u32 + 1),
+        ];
+        let writes = (0..writes)
+            .map(|index| StagedWrite {
+                ident: 16 + index as u64,
+                key: vec![index as u8; index + 1],
+                value: (index % 3 != 2).then(|| vec![0xAB; index * 7]),
+                slot: (index % 2) as u32,
+            })
+            .collect::<Vec<_>>();
+        BatchUnit {
+            stamps,
+            writes: Cow::Owned(writes),
+            oplog: vec![b"entry".to_vec()],
+            drops: Cow::Owned(vec![(17, 1)]),
+            max_ident: 40 + first,
+        }
+    }
+
+    fn memory() -> JournalFile {
+        Box::new(redb::backends::InMemoryBackend::new())
+    }
+
+    fn same(left: &BatchUnit<'_>, right: &BatchUnit<'_>) -> bool {
+        left.stamps == right.stamps
+            && left.oplog == right.oplog
+            && left.drops == right.drops
+            && left.max_ident == right.max_ident
+            && left.writes.len() == right.writes.len()
+            && left.writes.iter().zip(right.writes.iter()).all(|(a, b)| {
+                a.ident == b.ident && a.key == b.key && a.value == b.value && a.slot == b.slot
+            })
+    }
+
+    /// Appends records of `generation` for units starting at the given increments, and syncs.
+    fn write(journal: &Journal, firsts: &[u64]) {
+        for first in firsts {
+            let units = [unit(*first, 5)];
+            let last = Timestamp::new(100, *first as u32 + 1);
+            journal.append(encode_record(&units, Some(Timestamp::new(99, 1))), last);
+        }
+        journal.sync_through(journal.written_lsn(), true).unwrap();
+    }
+
+    #[test]
+    fn records_round_trip_in_order() {
+        let journal = Journal::new(memory(), 7, Timestamp::ZERO).unwrap();
+        write(&journal, &[1, 3, 5]);
+        let scan = Journal::scan(&journal.file, 7).unwrap();
+        assert_eq!(scan.cut, None);
+        assert_eq!(scan.records.len(), 3);
+        for ((last, payload), first) in scan.records.iter().zip([1u64, 3, 5]) {
+            assert_eq!(*last, Timestamp::new(100, first as u32 + 1));
+            let decoded = decode_payload(payload).unwrap();
+            assert_eq!(decoded.stable, Some(Timestamp::new(99, 1)));
+            assert_eq!(decoded.units.len(), 1);
+            assert!(same(&decoded.units[0], &unit(first, 5)));
+        }
+        // Another generation's reader sees nothing.
+        assert!(Journal::scan(&journal.file, 6).unwrap().records.is_empty());
+    }
+
+    #[test]
+    fn a_new_generation_ignores_the_older_records_it_did_not_overwrite() {
+        let journal = Journal::new(memory(), 1, Timestamp::ZERO).unwrap();
+        write(&journal, &[1, 3, 5, 7]);
+        journal.restart(2, Timestamp::new(100, 8));
+        write(&journal, &[9]);
+        let scan = Journal::scan(&journal.file, 2).unwrap();
+        assert_eq!(
+            scan.records.len(),
+            1,
+            "older records after the new one end the scan"
+        );
+        assert_eq!(scan.cut, None, "an older generation is an end, not damage");
+        assert_eq!(scan.records[0].0, Timestamp::new(100, 10));
+    }
+
+    #[test]
+    fn a_torn_or_damaged_tail_is_cut_at_the_last_whole_record() {
+        let journal = Journal::new(memory(), 1, Timestamp::ZERO).unwrap();
+        write(&journal, &[1, 3, 5]);
+        let whole = Journal::scan(&journal.file, 1).unwrap();
+        let second_end = RECORD_HEADER_BYTES as u64 * 2
+            + (whole.records[0].1.len() + whole.records[1].1.len()) as u64;
+        let length = journal.file.len().unwrap();
+        let mut image = vec![0u8; length as usize];
+        journal.file.read(0, &mut image).unwrap();
+
+        // Every single-byte change inside the third record cuts it, never the first two.
+        let third_end = second_end as usize + RECORD_HEADER_BYTES + whole.records[2].1.len();
+        for at in (second_end as usize..third_end).step_by(13) {
+            let damaged: JournalFile = Box::new(redb::backends::InMemoryBackend::new());
+            let mut bytes = image.clone();
+            bytes[at] ^= 0x40;
+            damaged.set_len(bytes.len() as u64).unwrap();
+            damaged.write(0, &bytes).unwrap();
+            let scan = Journal::scan(&damaged, 1).unwrap();
+            assert_eq!(scan.records.len(), 2, "damage at byte {at}");
+            assert_eq!(scan.records[..], whole.records[..2]);
+            // A changed magic or generation reads as the end; anything else as damage.
+            if at >= second_end as usize + 16 || (4..8).contains(&(at - second_end as usize)) {
+                assert!(scan.cut.is_some(), "damage at byte {at} is reported");
+            }
+        }
+
+        // A file cut inside the third record (a torn append) keeps the first two.
+        for cut in [second_end + 10, second_end + 40, third_end as u64 - 1] {
+            let torn: JournalFile = Box::new(redb::backends::InMemoryBackend::new());
+            torn.set_len(cut).unwrap();
+            torn.write(0, &image[..cut as usize]).unwrap();
+            let scan = Journal::scan(&torn, 1).unwrap();
+            assert_eq!(scan.records[..], whole.records[..2], "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn malformed_payloads_are_refused_not_applied() {
+        let units = [unit(1, 4)];
+        let record = encode_record(&units, None);
+        let payload = &record[RECORD_HEADER_BYTES..];
+        assert!(decode_payload(payload).is_ok());
+        for length in [0, 8, 12, payload.len() / 2, payload.len() - 1] {
+            if length == 0 {
+                continue;
+            }
+            let error = decode_payload(&payload[..length]).err();
+            assert_eq!(
+                error.map(|error| error.code),
+                Some(ErrorCode::DataCorruptionDetected),
+                "a payload cut at {length} bytes"
+            );
+        }
+        // Timestamps out of order.
+        let mut swapped = payload.to_vec();
+        let (first, second) = (12..20, 20..28);
+        let a = swapped[first.clone()].to_vec();
+        let b = swapped[second.clone()].to_vec();
+        swapped[first].copy_from_slice(&b);
+        swapped[second].copy_from_slice(&a);
+        assert_eq!(
+            decode_payload(&swapped).err().map(|error| error.code),
+            Some(ErrorCode::DataCorruptionDetected)
+        );
+    }
+
+    #[test]
+    fn a_sync_covers_every_record_appended_before_it() {
+        let journal = Journal::new(memory(), 1, Timestamp::ZERO).unwrap();
+        let units = [unit(1, 2)];
+        let lsn = journal.append(encode_record(&units, None), Timestamp::new(100, 2));
+        assert!(journal.unsynced());
+        let units = [unit(3, 2)];
+        journal.append(encode_record(&units, None), Timestamp::new(100, 4));
+        let (durable, synced) = journal.sync_through(lsn, true).unwrap();
+        assert!(synced);
+        assert_eq!(
+            durable,
+            Timestamp::new(100, 4),
+            "the second record shared the sync"
+        );
+        assert!(!journal.unsynced());
+        let (_, synced_again) = journal.sync_through(journal.written_lsn(), true).unwrap();
+        assert!(!synced_again, "nothing new: no second fdatasync");
+    }
+}
