@@ -20,6 +20,7 @@ use crate::format::{
     self, DROP_PENDING, META, OPLOG, WRITELOG, decode_version, decode_writelog_key,
     drop_pending_key, history_key, writelog_key,
 };
+use crate::journal::RECORD_PAYLOAD_BYTES_MAX;
 use crate::keylocks::{KeyId, OwnerId};
 use crate::stats::Counters;
 use crate::write::{CommitInfo, Durability};
@@ -201,7 +202,7 @@ pub(crate) fn write_out_large_buffer(inner: &Inner) {
 
 /// Syncs the journal when records are unsynced and `commit_interval_ms` has passed since the
 /// last sync (`j: false` commits are durable within that interval).
-fn sync_journal_if_due(inner: &Inner) {
+pub(crate) fn sync_journal_if_due(inner: &Inner) {
     let now = inner.clock.monotonic();
     let last_sync = inner.timestamps.lock().last_journal_sync_at;
     if inner.journal.unsynced()
@@ -285,13 +286,24 @@ pub(crate) fn finish_sync(inner: &Inner, awaiting: AwaitingSync) {
         None => sync_journal(inner, awaiting.lsn),
     };
     match synced {
-        Ok(durable) => {
+        Ok((synced_ts, durable)) => {
             for (done, info) in awaiting.commits {
-                assert!(info.last_ts <= durable, "a synced commit is durable");
-                done.complete(Ok(CommitInfo {
-                    durable: true,
-                    ..info
-                }));
+                if info.last_ts <= synced_ts {
+                    done.complete(Ok(CommitInfo {
+                        durable: true,
+                        ..info
+                    }));
+                } else {
+                    // Only when recovery to the stable timestamp discarded the commit while it
+                    // waited (which its caller's exclusive lock is meant to prevent).
+                    done.complete(Err(Error::new(
+                        ErrorCode::InterruptedDueToReplStateChange,
+                        format!(
+                            "the commit at {} was rolled back before it was durable",
+                            info.last_ts
+                        ),
+                    )));
+                }
             }
             for done in awaiting.flushes {
                 done.complete(Ok(durable));
@@ -352,19 +364,22 @@ pub(crate) fn run_periodic(inner: Arc<Inner>) {
 
 /// Syncs the journal through `lsn` (sharing a concurrent caller's fdatasync); returns the
 /// durable timestamp.
-fn sync_journal(inner: &Inner, lsn: u64) -> Result<Timestamp, Error> {
+/// Returns the newest commit timestamp the journal has made durable (which may belong to a batch
+/// not yet visible) and the engine's durable timestamp after it (never past the newest commit).
+fn sync_journal(inner: &Inner, lsn: u64) -> Result<(Timestamp, Timestamp), Error> {
     let (synced_ts, synced_now) = inner.journal.sync_through(lsn, true)?;
     if synced_now {
         Counters::add(&inner.counters.journal_syncs, 1);
     }
     let mut timestamps = inner.timestamps.lock();
-    if synced_ts > timestamps.durable {
-        timestamps.durable = synced_ts;
+    let durable = synced_ts.min(timestamps.last_assigned);
+    if durable > timestamps.durable {
+        timestamps.durable = durable;
     }
     if synced_now {
         timestamps.last_journal_sync_at = inner.clock.monotonic();
     }
-    Ok(timestamps.durable)
+    Ok((synced_ts, timestamps.durable))
 }
 
 /// Processes jobs: a run of commits and journal flushes as one batch, or one other job. The
@@ -416,8 +431,9 @@ fn run_job(inner: &Inner, job: Job) {
     }
 }
 
-/// The periodic work that is due: journal flush, garbage collection, checkpoint.
-/// Returns true when garbage collection is behind (its pass was full).
+/// The periodic work that is due under the writer mutex: the data's durable commit, garbage
+/// collection, checkpoint. (The journal's sync runs before, without the mutex:
+/// [`sync_journal_if_due`].) Returns true when garbage collection is behind (its pass was full).
 pub(crate) fn periodic(inner: &Inner) -> bool {
     if inner.failure.lock().is_some() {
         return false;
@@ -425,7 +441,6 @@ pub(crate) fn periodic(inner: &Inner) -> bool {
     let mut behind = false;
     let now = inner.clock.monotonic();
     let state = *inner.timestamps.lock();
-    sync_journal_if_due(inner);
     if state.dirty
         && now.saturating_sub(state.last_durable_at)
             >= Duration::from_millis(inner.config.data_sync_interval_ms)
@@ -911,6 +926,8 @@ fn apply_batch(
     durable: bool,
 ) -> Result<BatchOutcome, Error> {
     let units = prepare_units(batch, state.last_assigned, inner.clock.wall_secs())?;
+    // A batch too large for one journal record commits durably instead.
+    let durable = durable || crate::journal::payload_size(&units) > RECORD_PAYLOAD_BYTES_MAX;
     let txn = begin(inner, durable)?;
     let stable = (!state.stable_follows_newest).then_some(state.stable);
     let totals = write_units(

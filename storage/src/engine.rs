@@ -614,6 +614,7 @@ impl Engine {
     /// Runs the periodic work that is due (journal flush, garbage collection, checkpoint). The
     /// committer does this by itself in `Background` mode; in `Inline` mode the caller drives it.
     pub fn run_periodic_work(&self) {
+        committer::sync_journal_if_due(&self.inner);
         let writer = self.inner.writer.lock();
         committer::periodic(&self.inner);
         drop(writer);
@@ -719,15 +720,27 @@ fn replay_journal(db: &redb::Database, file: &JournalFile) -> Result<Replay, Err
             .map_err(|error| storage_error("reading the journal generation", error))?;
         match txn.open_table(META) {
             Ok(meta) => {
+                // Nothing of a file in another format is applied (the open refuses it below).
+                match read_meta_u64(&meta, format::META_FORMAT_VERSION)? {
+                    Some(version) if version != format::FORMAT_VERSION => {
+                        return Ok(Replay {
+                            generation: 0,
+                            records: 0,
+                        });
+                    }
+                    _ => {}
+                }
                 let generation = read_meta_u64(&meta, format::META_JOURNAL_GENERATION)?;
                 let state = meta
                     .get(format::META_COMMIT_STATE)
                     .map_err(|error| storage_error("reading metadata", error))?
                     .map(|guard| format::CommitState::decode(guard.value()))
                     .unwrap_or_default();
-                (generation.unwrap_or(0), state)
+                (generation.unwrap_or_else(first_generation), state)
             }
-            Err(redb::TableError::TableDoesNotExist(_)) => (0, format::CommitState::default()),
+            Err(redb::TableError::TableDoesNotExist(_)) => {
+                (first_generation(), format::CommitState::default())
+            }
             Err(error) => return Err(storage_error("reading metadata", error)),
         }
     };
@@ -799,6 +812,12 @@ fn replay_journal(db: &redb::Database, file: &JournalFile) -> Result<Replay, Err
         "replayed the journal"
     );
     Ok(replay)
+}
+
+/// The generation a new data file starts from: random, so that the records of a journal left
+/// over from another data file in the same dbpath can never pass for this one's.
+fn first_generation() -> u64 {
+    rand::random::<u64>() >> 2
 }
 
 fn units_last(units: &[committer::BatchUnit<'_>]) -> Timestamp {

@@ -68,9 +68,18 @@ pub(crate) struct Journal {
     tail: Mutex<Tail>,
     synced: Mutex<Synced>,
     /// Held by the one thread that writes out and syncs (so the file is written only in order,
-    /// and a caller that waited here finds its record already synced). Holds the bytes the file
-    /// has (written or zero-filled).
-    writer: Mutex<u64>,
+    /// and a caller that waited here finds its record already synced).
+    writer: Mutex<FileState>,
+}
+
+#[derive(Debug)]
+struct FileState {
+    /// Bytes the file has (written or zero-filled).
+    allocated: u64,
+    /// The first write or sync error. It sticks: after a failed write the file has a gap, and
+    /// after a failed fdatasync Linux may report the lost pages clean, so no later sync may
+    /// claim that anything after it is durable.
+    failed: Option<Error>,
 }
 
 /// What recovery read from the journal.
@@ -120,7 +129,10 @@ impl Journal {
                 lsn: 0,
                 ts: durable_ts,
             }),
-            writer: Mutex::new(allocated),
+            writer: Mutex::new(FileState {
+                allocated,
+                failed: None,
+            }),
         })
     }
 
@@ -234,7 +246,10 @@ impl Journal {
                 return Ok((synced.ts, false));
             }
         }
-        let mut allocated = self.writer.lock();
+        let mut file = self.writer.lock();
+        if let Some(error) = &file.failed {
+            return Err(error.clone());
+        }
         {
             let synced = self.synced.lock();
             if synced.lsn >= lsn {
@@ -248,6 +263,33 @@ impl Journal {
             let start = tail.offset - chunk.len() as u64;
             (chunk, start, tail.lsn, tail.last_ts)
         };
+        match self.write_and_sync(&mut file.allocated, &chunk, start, sync) {
+            Ok(()) => {}
+            Err(error) => {
+                file.failed = Some(error.clone());
+                return Err(error);
+            }
+        }
+        if !sync {
+            return Ok((self.synced.lock().ts, false));
+        }
+        let mut synced = self.synced.lock();
+        if target_lsn > synced.lsn {
+            *synced = Synced {
+                lsn: target_lsn,
+                ts: target_ts,
+            };
+        }
+        Ok((synced.ts, true))
+    }
+
+    fn write_and_sync(
+        &self,
+        allocated: &mut u64,
+        chunk: &[u8],
+        start: u64,
+        sync: bool,
+    ) -> Result<(), Error> {
         if !chunk.is_empty() {
             let end = start + chunk.len() as u64;
             if end > *allocated {
@@ -262,23 +304,15 @@ impl Journal {
                 *allocated = grown;
             }
             self.file
-                .write(start, &chunk)
+                .write(start, chunk)
                 .map_err(|error| io_error("writing the journal", error))?;
         }
-        if !sync {
-            return Ok((self.synced.lock().ts, false));
+        if sync {
+            self.file
+                .sync_data()
+                .map_err(|error| io_error("syncing the journal", error))?;
         }
-        self.file
-            .sync_data()
-            .map_err(|error| io_error("syncing the journal", error))?;
-        let mut synced = self.synced.lock();
-        if target_lsn > synced.lsn {
-            *synced = Synced {
-                lsn: target_lsn,
-                ts: target_ts,
-            };
-        }
-        Ok((synced.ts, true))
+        Ok(())
     }
 
     /// Starts `generation` at offset 0, after a durable redb commit that recorded it and holds
@@ -302,13 +336,12 @@ impl Journal {
     }
 }
 
-/// The payload's stable timestamp when stable follows the newest commit.
-const STABLE_FOLLOWS_NEWEST: u64 = u64::MAX;
+/// Largest payload of one record (its length is a u32).
+pub(crate) const RECORD_PAYLOAD_BYTES_MAX: usize = u32::MAX as usize;
 
-/// Encodes the units of one batch, and the stable timestamp its commit recorded (`None`:
-/// stable follows the newest commit), as a record whose header [`Journal::append`] fills in.
-pub(crate) fn encode_record(units: &[BatchUnit<'_>], stable: Option<Timestamp>) -> Vec<u8> {
-    let size: usize = units
+/// The payload bytes of a record for these units.
+pub(crate) fn payload_size(units: &[BatchUnit<'_>]) -> usize {
+    8 + units
         .iter()
         .map(|unit| {
             32 + unit.stamps.len() * 8
@@ -326,8 +359,21 @@ pub(crate) fn encode_record(units: &[BatchUnit<'_>], stable: Option<Timestamp>) 
                     .sum::<usize>()
                 + unit.drops.len() * 12
         })
-        .sum();
-    let mut out = Vec::with_capacity(RECORD_HEADER_BYTES + 8 + size);
+        .sum::<usize>()
+}
+
+/// The payload's stable timestamp when stable follows the newest commit.
+const STABLE_FOLLOWS_NEWEST: u64 = u64::MAX;
+
+/// Encodes the units of one batch, and the stable timestamp its commit recorded (`None`:
+/// stable follows the newest commit), as a record whose header [`Journal::append`] fills in.
+pub(crate) fn encode_record(units: &[BatchUnit<'_>], stable: Option<Timestamp>) -> Vec<u8> {
+    let size = payload_size(units);
+    assert!(
+        size <= RECORD_PAYLOAD_BYTES_MAX,
+        "the committer commits a batch this large durably instead"
+    );
+    let mut out = Vec::with_capacity(RECORD_HEADER_BYTES + size);
     out.resize(RECORD_HEADER_BYTES, 0);
     out.extend_from_slice(
         &stable
@@ -676,5 +722,54 @@ mod tests {
         assert!(!journal.unsynced());
         let (_, synced_again) = journal.sync_through(journal.written_lsn(), true).unwrap();
         assert!(!synced_again, "nothing new: no second fdatasync");
+    }
+
+    /// Memory whose writes fail while `failing` is set.
+    #[derive(Debug)]
+    struct Flaky {
+        memory: redb::backends::InMemoryBackend,
+        failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl redb::StorageBackend for Flaky {
+        fn len(&self) -> Result<u64, std::io::Error> {
+            self.memory.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+            self.memory.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+            self.memory.set_len(len)
+        }
+        fn sync_data(&self) -> Result<(), std::io::Error> {
+            self.memory.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+            if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::other("injected write failure"));
+            }
+            self.memory.write(offset, data)
+        }
+    }
+
+    #[test]
+    fn a_failed_write_fails_every_later_sync() {
+        let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let file: JournalFile = Box::new(Flaky {
+            memory: redb::backends::InMemoryBackend::new(),
+            failing: failing.clone(),
+        });
+        let journal = Journal::new(file, 1, Timestamp::ZERO).unwrap();
+        write(&journal, &[1]);
+        failing.store(true, std::sync::atomic::Ordering::SeqCst);
+        let units = [unit(3, 2)];
+        let lost = journal.append(encode_record(&units, None), Timestamp::new(100, 4));
+        assert!(journal.sync_through(lost, true).is_err());
+        // The disk recovers, but the record is gone: nothing after it may be called durable.
+        failing.store(false, std::sync::atomic::Ordering::SeqCst);
+        let units = [unit(5, 2)];
+        let later = journal.append(encode_record(&units, None), Timestamp::new(100, 6));
+        assert!(journal.sync_through(later, true).is_err());
+        assert!(journal.sync_through(later, false).is_err());
     }
 }
