@@ -150,7 +150,10 @@ impl Job {
 /// (up to `commit_batch_requests_max`), or one other job. Callers that queue while a batch runs
 /// wait; when the leader finishes, it asks the waiter of the next queued job to lead.
 /// Invariant: no leader active implies an empty queue.
-pub(crate) fn lead(inner: &Inner) {
+///
+/// `own` is the identity of the leader's own completion (`Completion::identity`): the leader
+/// runs its batch's journal sync itself only when it waits for it.
+pub(crate) fn lead(inner: &Inner, own: usize) {
     let jobs = {
         let mut queue = inner.queue.lock();
         assert!(queue.leader_active, "only the leader takes jobs");
@@ -183,7 +186,7 @@ pub(crate) fn lead(inner: &Inner) {
             None => queue.leader_active = false,
         }
     }
-    settle_sync(inner, awaiting);
+    settle_sync(inner, awaiting, own);
     write_out_large_buffer(inner);
 }
 
@@ -224,12 +227,14 @@ pub(crate) struct SyncGroup {
 }
 
 /// Group commit of the journal. The waiters of a batch join the current group; the first
-/// leader to find no syncer becomes it. The syncer runs the fdatasync once no more records are
-/// coming soon (no unit of work is being prepared and no batch is being applied), or once the
-/// group's oldest waiter has waited `SYNC_DEFER_MAX`: one fdatasync then covers every batch
-/// applied meanwhile. A lone writer syncs at once. (PostgreSQL's `commit_delay` with
-/// `commit_siblings`, decided by what is actually in flight.)
-fn settle_sync(inner: &Inner, awaiting: AwaitingSync) {
+/// leader to find no syncer makes one: itself when it waits for the sync too (a `j: true` commit
+/// of its own), otherwise the first waiter of the group, woken to do it (so that a `j: false`
+/// caller never waits for others' fdatasync). The syncer runs the fdatasync once no more
+/// records are coming soon (no unit of work is being prepared and no batch is queued or
+/// running), once `SYNC_GROUP_ENOUGH` wait, or once the oldest has waited `SYNC_DEFER_MAX`: one
+/// fdatasync then covers every batch applied meanwhile. A lone writer syncs at once.
+/// (PostgreSQL's `commit_delay` with `commit_siblings`, decided by what is in flight.)
+fn settle_sync(inner: &Inner, awaiting: AwaitingSync, own: usize) {
     let mut group = inner.sync_group.lock();
     if !awaiting.is_empty() {
         let pending = &mut group.awaiting;
@@ -245,10 +250,35 @@ fn settle_sync(inner: &Inner, awaiting: AwaitingSync) {
         inner.sync_wake.notify_one();
         return;
     }
-    let Some(since) = group.awaiting.since else {
+    if group.awaiting.is_empty() {
         return;
-    };
+    }
     group.syncer = true;
+    let mine = group.awaiting.commits.iter().any(|(done, _)| done.is(own))
+        || group.awaiting.flushes.iter().any(|done| done.is(own));
+    if !mine {
+        match (
+            group.awaiting.commits.first(),
+            group.awaiting.flushes.first(),
+        ) {
+            (Some((done, _)), _) => done.offer_sync(),
+            (None, Some(done)) => done.offer_sync(),
+            (None, None) => unreachable!("the group is not empty"),
+        }
+        return;
+    }
+    drop(group);
+    run_syncer(inner);
+}
+
+/// Runs the journal sync of the current group as its syncer (see [`settle_sync`]).
+pub(crate) fn run_syncer(inner: &Inner) {
+    let mut group = inner.sync_group.lock();
+    assert!(group.syncer, "only the group's syncer runs its sync");
+    let since = group
+        .awaiting
+        .since
+        .expect("a group with a syncer has waiters");
     // Real time, not the engine's clock: this bounds a wait of real threads, and decides only
     // when an fdatasync runs, never what it makes durable.
     let deadline = since + SYNC_DEFER_MAX;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 struct Slot<T> {
     value: Option<T>,
     lead: bool,
+    sync: bool,
 }
 
 /// Carries one value to the waiting thread, or the request to lead.
@@ -19,6 +20,8 @@ pub(crate) struct Completion<T> {
 pub(crate) enum Wake<T> {
     Done(T),
     Lead,
+    /// Run the journal sync of the group this waiter is in (`committer::run_syncer`).
+    Sync,
 }
 
 /// Something whose waiter can be asked to become the leader.
@@ -32,6 +35,7 @@ impl<T> Completion<T> {
             slot: Mutex::new(Slot {
                 value: None,
                 lead: false,
+                sync: false,
             }),
             ready: Condvar::new(),
         })
@@ -56,8 +60,29 @@ impl<T> Completion<T> {
                 slot.lead = false;
                 return Wake::Lead;
             }
+            if slot.sync {
+                slot.sync = false;
+                return Wake::Sync;
+            }
             self.ready.wait(&mut slot);
         }
+    }
+
+    /// Asks the waiter to run its sync group's journal sync.
+    pub(crate) fn offer_sync(&self) {
+        let mut slot = self.slot.lock();
+        slot.sync = true;
+        self.ready.notify_one();
+    }
+
+    /// Whether this is the completion at `identity` (see [`Completion::identity`]).
+    pub(crate) fn is(&self, identity: usize) -> bool {
+        std::ptr::from_ref(self) as *const () as usize == identity
+    }
+
+    /// An identity of this completion that does not depend on its value type.
+    pub(crate) fn identity(&self) -> usize {
+        std::ptr::from_ref(self) as *const () as usize
     }
 
     /// The value, which must be there (a job run on this thread).

@@ -590,13 +590,15 @@ impl Engine {
                     on_queued();
                     !std::mem::replace(&mut queue.leader_active, true)
                 };
+                let own = done.identity();
                 if lead_now {
-                    committer::lead(&self.inner);
+                    committer::lead(&self.inner, own);
                 }
                 loop {
                     match done.wait() {
                         Wake::Done(value) => return value,
-                        Wake::Lead => committer::lead(&self.inner),
+                        Wake::Lead => committer::lead(&self.inner, own),
+                        Wake::Sync => committer::run_syncer(&self.inner),
                     }
                 }
             }
