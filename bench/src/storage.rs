@@ -150,6 +150,7 @@ impl Worker for CairnWorker<'_> {
             durability: Durability::Visible,
             deadline: None,
             check_interrupt: &mut || Ok(()),
+            give_up_on_conflict: false,
         };
         write_conflict_retry(self.engine, options, |unit| {
             let current = unit
@@ -169,6 +170,7 @@ impl Worker for CairnWorker<'_> {
             durability: Durability::Visible,
             deadline: None,
             check_interrupt: &mut || Ok(()),
+            give_up_on_conflict: false,
         };
         write_conflict_retry(self.engine, options, |unit| {
             unit.put(CAIRN_TABLE, &key(id), &encode(document))

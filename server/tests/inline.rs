@@ -2,7 +2,7 @@
 //! itself only when it cannot wait; anything that would wait is handed back untouched, and the
 //! same command then runs on a blocking thread with the usual answer.
 
-use bson::{Document, doc};
+use bson::{Bson, Document, doc};
 use cairn_locking::{LockMode, LockerOptions};
 use cairn_server::{ClientInfo, Node, NodeConfig};
 use cairn_types::Namespace;
@@ -94,9 +94,13 @@ fn anything_that_could_wait_is_handed_back_untouched() {
     for command in [
         // Needs a plan (could scan for long).
         doc! {"find": "c", "filter": {"v": {"$gt": 0}}, "$db": "app"},
-        // Writes wait for other writers and the journal.
+        // Writes wait for other writers and the journal (all but a single-document update,
+        // which gives up at its first wait, and writes at most once).
         doc! {"insert": "c", "documents": [{"_id": 3}], "$db": "app"},
-        doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$set": {"v": 5}}}], "$db": "app"},
+        doc! {"update": "c", "updates": [{"q": {}, "u": {"$set": {"v": 5}}, "multi": true}], "$db": "app"},
+        doc! {"update": "c", "updates": [{"q": {"_id": 9}, "u": {"$set": {"v": 5}}, "upsert": true}], "$db": "app"},
+        doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$set": {"v": 5}}}, {"q": {"_id": 2}, "u": {"$set": {"v": 5}}}], "$db": "app"},
+        doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$set": {"v": 5}}}], "writeConcern": {"j": true}, "$db": "app"},
         // An awaitable hello waits for a topology change.
         doc! {"hello": 1, "maxAwaitTimeMS": 100, "$db": "admin"},
         doc! {"serverStatus": 1, "$db": "admin"},
@@ -109,6 +113,84 @@ fn anything_that_could_wait_is_handed_back_untouched() {
     assert_eq!(queries(&node), before, "a handed-back find is not counted");
     let count = run(&node, doc! {"count": "c", "$db": "app"});
     assert_eq!(count.get_i32("n").unwrap(), 2, "nothing was written inline");
+    let unchanged = run(
+        &node,
+        doc! {"find": "c", "filter": {"v": {"$gt": 2}}, "$db": "app"},
+    );
+    assert!(
+        first_batch(&unchanged).is_empty(),
+        "nothing was updated inline"
+    );
+}
+
+fn value_of(node: &Node, id: i32) -> Bson {
+    let reply = run(
+        node,
+        doc! {"find": "c", "filter": {"_id": id}, "$db": "app"},
+    );
+    first_batch(&reply)[0].get("v").unwrap().clone()
+}
+
+#[test]
+fn a_single_document_update_runs_inline_unless_it_would_wait() {
+    let (node, _dir) = node();
+    run(
+        &node,
+        doc! {"insert": "c", "documents": [{"_id": 1, "v": 1}, {"_id": 2, "v": 2}], "$db": "app"},
+    );
+    let client = ClientInfo::default();
+    let update = |id: i32, v: i32| {
+        doc! {"update": "c", "updates": [{"q": {"_id": id}, "u": {"$set": {"v": v}}}], "$db": "app"}
+    };
+    let reply = node
+        .try_run_command_inline(&client, update(1, 10))
+        .expect("an uncontended single-document update runs inline");
+    assert_eq!(reply.get_i32("nModified").unwrap(), 1, "{reply}");
+    assert_eq!(value_of(&node, 1), Bson::Int32(10));
+
+    // Another unit owns the document: the inline attempt conflicts, applies nothing and hands
+    // the command back; run blocking, it waits for the owner and then applies.
+    let ns = Namespace::new("app", "c");
+    let ident = node.engine().latest_collection(&ns).unwrap().ident;
+    let key = cairn_types::keystring::encode(&Bson::Int32(2));
+    let mut owner = node.engine().begin_write();
+    owner
+        .put(
+            ident,
+            &key,
+            &bson::serialize_to_vec(&doc! {"_id": 2, "v": 20}).unwrap(),
+        )
+        .unwrap();
+    let back = node
+        .try_run_command_inline(&client, update(2, 30))
+        .expect_err("the document is owned by another unit: the update would wait");
+    assert_eq!(back, update(2, 30));
+    std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| node.run_command(&client, back));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            !waiter.is_finished(),
+            "the update waits for the key's owner"
+        );
+        owner.commit(cairn_storage::Durability::Visible).unwrap();
+        let reply = waiter.join().unwrap();
+        assert_eq!(reply.get_i32("nModified").unwrap(), 1, "{reply}");
+    });
+    assert_eq!(
+        value_of(&node, 2),
+        Bson::Int32(30),
+        "applied once, after the owner"
+    );
+
+    // Behind an exclusive lock: handed back before it has done anything.
+    let holder = node.inner().locks.new_locker(LockerOptions::new("test"));
+    let exclusive = holder.lock_collection(&ns, LockMode::X).unwrap();
+    let back = node
+        .try_run_command_inline(&client, update(1, 40))
+        .expect_err("the collection is locked exclusively");
+    assert_eq!(back, update(1, 40));
+    drop(exclusive);
+    assert_eq!(value_of(&node, 1), Bson::Int32(10));
 }
 
 #[test]

@@ -622,6 +622,13 @@ impl Engine {
         drop(writer);
     }
 
+    /// Whether a batch is being committed or queued right now (a commit would wait for it). A
+    /// hint: the answer may change at once.
+    pub fn is_committing(&self) -> bool {
+        let queue = self.inner.queue.lock();
+        queue.leader_active || !queue.jobs.is_empty()
+    }
+
     /// Counters and timestamps.
     pub fn stats(&self) -> EngineStats {
         let c = &self.inner.counters;

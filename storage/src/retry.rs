@@ -26,6 +26,9 @@ pub struct RetryOptions<'a> {
     /// Called before every attempt and while waiting: return an error to stop (killOp, a state
     /// change, shutdown).
     pub check_interrupt: &'a mut dyn FnMut() -> Result<(), Error>,
+    /// Return the first WriteConflict (nothing of the unit applied) instead of waiting for the
+    /// key or retrying: for a caller that must not wait (a transport's async worker).
+    pub give_up_on_conflict: bool,
 }
 
 /// The backoff before attempt `attempt` (0-based) after a conflict without an owner.
@@ -53,6 +56,7 @@ pub fn write_conflict_retry<T>(
         durability,
         deadline,
         check_interrupt,
+        give_up_on_conflict,
     } = options;
     let owner = engine.new_owner();
     let mut reserved = None;
@@ -78,6 +82,9 @@ pub fn write_conflict_retry<T>(
         }
         let conflict = unit.take_conflict();
         unit.abort();
+        if give_up_on_conflict {
+            return Err(error);
+        }
         attempt += 1;
         if attempt >= attempts_max {
             return Err(error);

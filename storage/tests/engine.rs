@@ -181,6 +181,7 @@ fn hot_document_increments_are_never_lost() {
                             durability: Durability::Visible,
                             deadline: None,
                             check_interrupt: &mut || Ok(()),
+                            give_up_on_conflict: false,
                         };
                         write_conflict_retry(engine, options, |unit| {
                             let current = if for_update {

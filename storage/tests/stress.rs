@@ -81,6 +81,7 @@ fn transfers_never_change_the_total_under_snapshot_reads() {
                         durability,
                         deadline: None,
                         check_interrupt: &mut || Ok(()),
+                        give_up_on_conflict: false,
                     };
                     let (_, info) = write_conflict_retry(engine, options, |unit| {
                         // Even writers read for update (building on sealed versions), odd ones

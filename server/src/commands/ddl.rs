@@ -28,6 +28,7 @@ fn retry<'a>(opctx: &OpCtx<'_>, check: &'a mut dyn FnMut() -> Result<()>) -> Ret
         durability: Durability::Visible,
         deadline: opctx.deadline,
         check_interrupt: check,
+        give_up_on_conflict: false,
     }
 }
 

@@ -290,7 +290,8 @@ pub(crate) enum Execution {
 }
 
 /// Commands that may run [`Execution::Inline`]: they never wait (for a lock, the disk or
-/// another operation), or (`find`) give up at the first wait.
+/// another operation), or (`find`, a single-document `update`) give up at the first wait,
+/// before they have had any effect.
 const INLINE_COMMANDS: &[&str] = &[
     "ping",
     "hello",
@@ -300,6 +301,7 @@ const INLINE_COMMANDS: &[&str] = &[
     "buildinfo",
     "whatsmyuri",
     "find",
+    "update",
 ];
 
 /// What an attempt to run a command produced.

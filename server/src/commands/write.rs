@@ -165,6 +165,7 @@ pub(crate) fn ensure_collection(opctx: &OpCtx<'_>, ns: &Namespace) -> Result<boo
         durability: Durability::Visible,
         deadline: opctx.deadline,
         check_interrupt: &mut check,
+        give_up_on_conflict: false,
     };
     let (created, _) = write_conflict_retry(&opctx.node.engine, options, |unit| {
         if unit.collection(ns).is_some() {
@@ -249,6 +250,9 @@ fn retry_options<'a>(
         durability: Durability::Visible,
         deadline: opctx.deadline,
         check_interrupt: check,
+        // Inline (on a transport's async worker), a conflict hands the command back instead of
+        // waiting for the key; only single-document updates run inline, so nothing was done.
+        give_up_on_conflict: opctx.inline,
     }
 }
 
@@ -753,6 +757,22 @@ pub(crate) fn update(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Documen
         ));
     }
     let concern = parse_write_concern(&request.body)?;
+    if opctx.inline {
+        // Inline only what commits at most once and cannot wait after it has written: one
+        // statement on one document, no upsert (it may create the collection), no journal
+        // wait, and no batch being committed that the commit would queue behind.
+        let single =
+            matches!(&command.updates[..], [statement] if !statement.multi && !statement.upsert);
+        if !single {
+            opctx.require_blocking("an update of several statements or documents, or an upsert")?;
+        }
+        if concern.durability == Durability::Journaled {
+            opctx.require_blocking("j: true waits for the journal")?;
+        }
+        if opctx.node.engine.is_committing() {
+            opctx.require_blocking("the storage engine is committing")?;
+        }
+    }
     let (mut matched, mut modified) = (0i64, 0i64);
     let mut upserted = Vec::new();
     let mut errors = Vec::new();
@@ -761,6 +781,13 @@ pub(crate) fn update(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Documen
             .to_update(command.let_variables.as_ref())
             .and_then(|(filter, update)| {
                 run_update_statement(opctx, &ns, statement, &filter, &update)
+            })
+            .or_else(|error| {
+                if opctx.inline && error.code == ErrorCode::WriteConflict {
+                    // Nothing was applied: run it where it may wait for the key.
+                    opctx.require_blocking("a write conflict")?;
+                }
+                Err(error)
             });
         match outcome {
             Ok(result) => {
