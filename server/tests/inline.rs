@@ -101,6 +101,8 @@ fn anything_that_could_wait_is_handed_back_untouched() {
         doc! {"update": "c", "updates": [{"q": {"_id": 9}, "u": {"$set": {"v": 5}}, "upsert": true}], "$db": "app"},
         doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$set": {"v": 5}}}, {"q": {"_id": 2}, "u": {"$set": {"v": 5}}}], "$db": "app"},
         doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$set": {"v": 5}}}], "writeConcern": {"j": true}, "$db": "app"},
+        // Needs a plan (could scan for long).
+        doc! {"update": "c", "updates": [{"q": {"v": 1}, "u": {"$set": {"v": 5}}}], "$db": "app"},
         // An awaitable hello waits for a topology change.
         doc! {"hello": 1, "maxAwaitTimeMS": 100, "$db": "admin"},
         doc! {"serverStatus": 1, "$db": "admin"},

@@ -761,10 +761,14 @@ pub(crate) fn update(opctx: &mut OpCtx<'_>, request: &Request) -> Result<Documen
         // Inline only what commits at most once and cannot wait after it has written: one
         // statement on one document, no upsert (it may create the collection), no journal
         // wait, and no batch being committed that the commit would queue behind.
-        let single =
-            matches!(&command.updates[..], [statement] if !statement.multi && !statement.upsert);
+        // The document is found by the `_id` express path, never by a plan that could scan
+        // for long on the async worker.
+        let single = matches!(&command.updates[..], [statement]
+            if !statement.multi && !statement.upsert && statement.hint.is_none()
+                && id_equality_key(&statement.query).is_some());
         if !single {
-            opctx.require_blocking("an update of several statements or documents, or an upsert")?;
+            opctx
+                .require_blocking("not one statement updating one document by _id, or an upsert")?;
         }
         if concern.durability == Durability::Journaled {
             opctx.require_blocking("j: true waits for the journal")?;
