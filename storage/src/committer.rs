@@ -856,9 +856,23 @@ pub(crate) struct CommitBase {
 pub(crate) struct UnitTotals {
     pub last: Timestamp,
     pub oplog_bytes: u64,
+    /// The commit state's next ident after these units.
+    pub next_ident: u64,
     pub histories: u64,
     pub versions: u64,
     pub oplog_entries: u64,
+}
+
+/// The table in `slot`, opened on first use.
+fn opened<'s, T>(
+    slot: &'s mut Option<T>,
+    open: impl FnOnce() -> Result<T, redb::TableError>,
+    context: &str,
+) -> Result<&'s mut T, Error> {
+    if slot.is_none() {
+        *slot = Some(open().map_err(|error| storage_error(context, error))?);
+    }
+    Ok(slot.as_mut().expect("opened above"))
 }
 
 /// Writes units into a redb transaction at their timestamps: versions (the replaced ones into
@@ -872,11 +886,11 @@ pub(crate) fn write_units(
     let mut totals = UnitTotals {
         last: Timestamp::ZERO,
         oplog_bytes: base.oplog_bytes,
+        next_ident: base.next_ident,
         histories: 0,
         versions: 0,
         oplog_entries: 0,
     };
-    let mut max_ident = 0;
     let mut tables = BatchTables::new(txn);
     let mut writelog = txn
         .open_table(WRITELOG)
@@ -903,36 +917,24 @@ pub(crate) fn write_units(
         for (index, bytes) in unit.oplog.iter().enumerate() {
             let ts = unit.stamps[index];
             totals.oplog_bytes += bytes.len() as u64;
-            if oplog.is_none() {
-                oplog = Some(
-                    txn.open_table(OPLOG)
-                        .map_err(|error| storage_error("opening the oplog", error))?,
-                );
-            }
-            oplog
-                .as_mut()
-                .expect("opened above")
+            opened(&mut oplog, || txn.open_table(OPLOG), "opening the oplog")?
                 .insert(ts.as_u64(), bytes.as_slice())
                 .map_err(|error| storage_error("writing the oplog", error))?;
             totals.oplog_entries += 1;
         }
         for (ident, slot) in unit.drops.iter() {
-            if drop_pending.is_none() {
-                drop_pending = Some(
-                    txn.open_table(DROP_PENDING)
-                        .map_err(|error| storage_error("opening drop-pending", error))?,
-                );
-            }
-            drop_pending
-                .as_mut()
-                .expect("opened above")
-                .insert(
-                    &drop_pending_key(unit.stamps[*slot as usize], *ident)[..],
-                    (),
-                )
-                .map_err(|error| storage_error("writing drop-pending", error))?;
+            opened(
+                &mut drop_pending,
+                || txn.open_table(DROP_PENDING),
+                "opening drop-pending",
+            )?
+            .insert(
+                &drop_pending_key(unit.stamps[*slot as usize], *ident)[..],
+                (),
+            )
+            .map_err(|error| storage_error("writing drop-pending", error))?;
         }
-        max_ident = max_ident.max(unit.max_ident);
+        totals.next_ident = totals.next_ident.max(unit.max_ident + 1);
     }
     let mut meta = txn
         .open_table(META)
@@ -943,7 +945,7 @@ pub(crate) fn write_units(
             last_ts: totals.last,
             stable_ts: base.stable.unwrap_or(totals.last),
             oplog_bytes: totals.oplog_bytes,
-            next_ident: base.next_ident.max(max_ident + 1),
+            next_ident: totals.next_ident,
         },
     )?;
     Ok(totals)
@@ -957,7 +959,8 @@ fn apply_batch(
 ) -> Result<BatchOutcome, Error> {
     let units = prepare_units(batch, state.last_assigned, inner.clock.wall_secs())?;
     // A batch too large for one journal record commits durably instead.
-    let durable = durable || crate::journal::payload_size(&units) > RECORD_PAYLOAD_BYTES_MAX;
+    let payload_size = crate::journal::payload_size(&units);
+    let durable = durable || payload_size > RECORD_PAYLOAD_BYTES_MAX;
     let txn = begin(inner, durable)?;
     let stable = (!state.stable_follows_newest).then_some(state.stable);
     let totals = write_units(
@@ -977,7 +980,7 @@ fn apply_batch(
             .map_err(|error| storage_error("committing", error))?;
         // Journaled after the redb commit and before the batch is visible: the journal never
         // holds a batch redb refused, and every visible commit has its record written.
-        let record = crate::journal::encode_record(&units, stable);
+        let record = crate::journal::encode_record(&units, stable, payload_size);
         journal_bytes = record.len() as u64;
         inner.journal.append(record, totals.last);
     }

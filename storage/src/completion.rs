@@ -77,7 +77,7 @@ impl<T> Completion<T> {
 
     /// Whether this is the completion at `identity` (see [`Completion::identity`]).
     pub(crate) fn is(&self, identity: usize) -> bool {
-        std::ptr::from_ref(self) as *const () as usize == identity
+        self.identity() == identity
     }
 
     /// An identity of this completion that does not depend on its value type.

@@ -775,6 +775,7 @@ fn replay_journal(db: &redb::Database, file: &JournalFile) -> Result<Replay, Err
         .map_err(|error| storage_error("replaying the journal", error))?;
     let mut state = durable;
     for (last_ts, payload) in &scan.records {
+        let payload = &scan.image[payload.clone()];
         if *last_ts <= state.last_ts {
             // Already in redb: closing redb without a checkpoint (a dropped engine) makes its
             // non-durable commits durable without starting a new generation.
@@ -803,13 +804,7 @@ fn replay_journal(db: &redb::Database, file: &JournalFile) -> Result<Replay, Err
         )?;
         state.last_ts = totals.last;
         state.oplog_bytes = totals.oplog_bytes;
-        state.next_ident = state.next_ident.max(
-            units
-                .iter()
-                .map(|unit| unit.max_ident + 1)
-                .max()
-                .unwrap_or(0),
-        );
+        state.next_ident = totals.next_ident;
         replay.records += 1;
     }
     txn.commit()

@@ -86,7 +86,10 @@ struct FileState {
 #[derive(Debug, Default)]
 pub(crate) struct JournalScan {
     /// Payloads (each decodes to the units of one batch) with their last commit timestamps.
-    pub records: Vec<(Timestamp, Vec<u8>)>,
+    /// Each record's last commit timestamp and where its payload is in `image`.
+    pub records: Vec<(Timestamp, std::ops::Range<usize>)>,
+    /// The file as read: payloads are decoded from it in place, not copied.
+    pub image: Vec<u8>,
     pub bytes: u64,
     /// Why reading stopped before the end of the file at a record that was not whole, if it
     /// did (a torn or damaged tail).
@@ -172,10 +175,11 @@ impl Journal {
                 break;
             }
             scan.records
-                .push((last_ts, bytes[offset + RECORD_HEADER_BYTES..end].to_vec()));
+                .push((last_ts, offset + RECORD_HEADER_BYTES..end));
             scan.bytes += (end - offset) as u64;
             offset = end;
         }
+        scan.image = bytes;
         Ok(scan)
     }
 
@@ -367,8 +371,12 @@ const STABLE_FOLLOWS_NEWEST: u64 = u64::MAX;
 
 /// Encodes the units of one batch, and the stable timestamp its commit recorded (`None`:
 /// stable follows the newest commit), as a record whose header [`Journal::append`] fills in.
-pub(crate) fn encode_record(units: &[BatchUnit<'_>], stable: Option<Timestamp>) -> Vec<u8> {
-    let size = payload_size(units);
+/// `size` is [`payload_size`] of the units (which the caller has already computed).
+pub(crate) fn encode_record(
+    units: &[BatchUnit<'_>],
+    stable: Option<Timestamp>,
+    size: usize,
+) -> Vec<u8> {
     assert!(
         size <= RECORD_PAYLOAD_BYTES_MAX,
         "the committer commits a batch this large durably instead"
@@ -597,7 +605,10 @@ mod tests {
         for first in firsts {
             let units = [unit(*first, 5)];
             let last = Timestamp::new(100, *first as u32 + 1);
-            journal.append(encode_record(&units, Some(Timestamp::new(99, 1))), last);
+            journal.append(
+                encode_record(&units, Some(Timestamp::new(99, 1)), payload_size(&units)),
+                last,
+            );
         }
         journal.sync_through(journal.written_lsn(), true).unwrap();
     }
@@ -610,6 +621,7 @@ mod tests {
         assert_eq!(scan.cut, None);
         assert_eq!(scan.records.len(), 3);
         for ((last, payload), first) in scan.records.iter().zip([1u64, 3, 5]) {
+            let payload = &scan.image[payload.clone()];
             assert_eq!(*last, Timestamp::new(100, first as u32 + 1));
             let decoded = decode_payload(payload).unwrap();
             assert_eq!(decoded.stable, Some(Timestamp::new(99, 1)));
@@ -677,7 +689,7 @@ mod tests {
     #[test]
     fn malformed_payloads_are_refused_not_applied() {
         let units = [unit(1, 4)];
-        let record = encode_record(&units, None);
+        let record = encode_record(&units, None, payload_size(&units));
         let payload = &record[RECORD_HEADER_BYTES..];
         assert!(decode_payload(payload).is_ok());
         for length in [0, 8, 12, payload.len() / 2, payload.len() - 1] {
@@ -708,10 +720,16 @@ mod tests {
     fn a_sync_covers_every_record_appended_before_it() {
         let journal = Journal::new(memory(), 1, Timestamp::ZERO).unwrap();
         let units = [unit(1, 2)];
-        let lsn = journal.append(encode_record(&units, None), Timestamp::new(100, 2));
+        let lsn = journal.append(
+            encode_record(&units, None, payload_size(&units)),
+            Timestamp::new(100, 2),
+        );
         assert!(journal.unsynced());
         let units = [unit(3, 2)];
-        journal.append(encode_record(&units, None), Timestamp::new(100, 4));
+        journal.append(
+            encode_record(&units, None, payload_size(&units)),
+            Timestamp::new(100, 4),
+        );
         let (durable, synced) = journal.sync_through(lsn, true).unwrap();
         assert!(synced);
         assert_eq!(
@@ -763,12 +781,18 @@ mod tests {
         write(&journal, &[1]);
         failing.store(true, std::sync::atomic::Ordering::SeqCst);
         let units = [unit(3, 2)];
-        let lost = journal.append(encode_record(&units, None), Timestamp::new(100, 4));
+        let lost = journal.append(
+            encode_record(&units, None, payload_size(&units)),
+            Timestamp::new(100, 4),
+        );
         assert!(journal.sync_through(lost, true).is_err());
         // The disk recovers, but the record is gone: nothing after it may be called durable.
         failing.store(false, std::sync::atomic::Ordering::SeqCst);
         let units = [unit(5, 2)];
-        let later = journal.append(encode_record(&units, None), Timestamp::new(100, 6));
+        let later = journal.append(
+            encode_record(&units, None, payload_size(&units)),
+            Timestamp::new(100, 6),
+        );
         assert!(journal.sync_through(later, true).is_err());
         assert!(journal.sync_through(later, false).is_err());
     }

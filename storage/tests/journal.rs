@@ -179,3 +179,38 @@ fn a_torn_journal_tail_keeps_every_acknowledged_commit_and_no_partial_one() {
         "{beyond_durable} of 24 crashes recovered past the last sync"
     );
 }
+
+#[test]
+fn a_journal_left_over_from_another_data_file_is_never_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::Disk(dir.path().join("db"));
+    let clock = clock();
+    // An engine whose journal holds synced records, dropped without a checkpoint.
+    let first = open_with(&backend, &clock, journal_only());
+    commit_pair(&first, 1, 1, Durability::Journaled);
+    drop(first);
+    // The data file is replaced by a new one; the journal stays.
+    std::fs::remove_file(
+        dir.path()
+            .join("db")
+            .join(cairn_storage::backend::DATA_FILE_NAME),
+    )
+    .unwrap();
+    let second = open_with(&backend, &clock, journal_only());
+    assert_eq!(second.visible_timestamp(), Timestamp::ZERO);
+    drop(second);
+    // Reopening the new data file reads the journal for its own generation: the old records,
+    // whatever generation they carry, are not its own.
+    let third = open_with(&backend, &clock, journal_only());
+    assert_eq!(third.stats().journal_replayed_records, 0);
+    assert_eq!(
+        third
+            .snapshot(ReadAt::Latest)
+            .unwrap()
+            .get(TABLE, &key(1))
+            .unwrap(),
+        None,
+        "a record of another data file was applied"
+    );
+    third.close().unwrap();
+}
