@@ -545,6 +545,14 @@ impl<'txn> BatchTables<'txn> {
 
 /// Writes one version: the replaced version moves to history, the write is logged. Returns
 /// whether a history version was written.
+///
+/// A write that replaces nothing is logged only when `stable_lags` (stable does not follow the
+/// newest commit). The write log serves two walks: garbage collection, which removes the
+/// history version a write replaced (there is none), and recovery to the stable timestamp,
+/// which undoes writes after stable. A batch committed while stable follows the newest commit
+/// is at or before stable from its commit on, and stable never moves back, so no recovery ever
+/// undoes it. That saves a first insert of a key (the common write of a standalone node) one
+/// of its two B-tree inserts.
 fn apply_write(
     tables: &mut BatchTables<'_>,
     writelog: &mut redb::Table<'_, &'static [u8], ()>,
@@ -552,6 +560,7 @@ fn apply_write(
     key: &[u8],
     value: Option<&[u8]>,
     ts: Timestamp,
+    stable_lags: bool,
 ) -> Result<bool, Error> {
     let current = tables.current(ident)?;
     if value.is_none()
@@ -579,9 +588,11 @@ fn apply_write(
             .insert(history_key(key, ts).as_slice(), old.as_slice())
             .map_err(|error| storage_error("writing history", error))?;
     }
-    writelog
-        .insert(writelog_key(ts, ident, key).as_slice(), ())
-        .map_err(|error| storage_error("writing the write log", error))?;
+    if replaced.is_some() || stable_lags {
+        writelog
+            .insert(writelog_key(ts, ident, key).as_slice(), ())
+            .map_err(|error| storage_error("writing the write log", error))?;
+    }
     Ok(replaced.is_some())
 }
 
@@ -909,6 +920,7 @@ pub(crate) fn write_units(
                 &write.key,
                 write.value.as_deref(),
                 ts,
+                base.stable.is_some(),
             )? {
                 totals.histories += 1;
             }
