@@ -17,7 +17,6 @@ use crate::pool::Pool;
 use crate::topology::Selection;
 use crate::topology::{ServerDescription, Topology};
 use bson::{Bson, Document, doc};
-use cairn_proto::CommandRequest;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -168,15 +167,12 @@ impl Core {
                 bytes.len()
             )));
         }
-        let mut client = self.pool.client(address)?;
-        let reply = client
-            .run_command(CommandRequest {
-                document: bytes.into(),
-            })
-            .await
-            .map_err(|status| Error::network(Some(address.clone()), &status))?
-            .into_inner();
-        Document::from_reader(reply.document.as_ref()).map_err(|e| {
+        let reply = self
+            .pool
+            .connection(address)?
+            .run_command(bytes.into())
+            .await?;
+        Document::from_reader(reply.as_ref()).map_err(|e| {
             Error::invalid_reply(format!(
                 "the reply from {address} is not a BSON document: {e}"
             ))

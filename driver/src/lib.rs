@@ -23,8 +23,8 @@
 //!   `killCursors` when dropped early.
 //! - [`topology`]: the description of the deployment (from the seed list and the `hello` replies
 //!   of a background monitor) and server selection by read preference, a pure function of it.
-//! - `pool`: a few tonic channels per server; a channel multiplexes many concurrent calls over one
-//!   HTTP/2 connection.
+//! - `pool`: a few HTTP/2 connections per server, each multiplexing many concurrent calls, and
+//!   the gRPC call itself (`cairn_proto::framing`).
 //!
 //! Every command is one `cairn.v1.Cairn/RunCommand` call carrying a BSON command document with
 //! `$db` (see `cairn-proto`); replies are MongoDB's reply documents, and failures become a typed

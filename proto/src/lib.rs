@@ -17,6 +17,8 @@ pub mod v1 {
     tonic::include_proto!("cairn.v1");
 }
 
+pub mod framing;
+
 pub use v1::{CommandReply, CommandRequest};
 
 /// Protobuf framing around one BSON document: the field tag (1 byte) and the length varint (at

@@ -69,51 +69,33 @@ async fn listen(address: &str) -> std::io::Result<tokio::net::TcpListener> {
     }))
 }
 
-/// How many accepted gRPC connections may wait for the gRPC server to take them.
-const GRPC_HANDOFF_QUEUE_MAX: usize = 128;
 /// Pause after a failed accept (out of file descriptors, say) before the next one.
 const ACCEPT_RETRY_DELAY_MS: u64 = 100;
 
 /// Serves the node on the given listeners until `shutdown` completes: gRPC and MongoDB's wire
 /// protocol on the same ports. The first bytes of a connection decide
-/// ([`wire::is_http2_preface`]): gRPC connections go to the one tonic server, the others are
-/// served by [`wire`] on tasks of their own. On shutdown, listening stops, idle connections
-/// close, running wire commands are interrupted and answered, and gRPC drains.
+/// ([`wire::is_http2_preface`]): gRPC connections are served by [`grpc`], the others by
+/// [`wire`], each on a task of its own. On shutdown, listening stops, idle connections close,
+/// running wire commands are interrupted and answered, and gRPC connections drain.
 pub async fn serve(
     node: Node,
     listeners: Vec<tokio::net::TcpListener>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
-    let (grpc_sender, grpc_receiver) = tokio::sync::mpsc::channel(GRPC_HANDOFF_QUEUE_MAX);
     let mut accepters = Vec::new();
     for listener in listeners {
         accepters.push(tokio::spawn(accept_connections(
             listener,
             node.clone(),
-            grpc_sender.clone(),
             stop.clone(),
         )));
     }
-    drop(grpc_sender);
-    let incoming = tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::ReceiverStream::new(grpc_receiver),
-        Ok::<_, std::io::Error>,
-    );
-    let mut grpc_stop = stop.clone();
-    let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(cairn_proto::server(grpc::CairnService::new(node)))
-            .serve_with_incoming_shutdown(incoming, async move {
-                wire::stopped(&mut grpc_stop).await;
-            }),
-    );
     shutdown.await;
     let _ = stop_sender.send(true);
     for accepter in accepters {
         accepter.await?;
     }
-    grpc.await??;
     Ok(())
 }
 
@@ -122,7 +104,6 @@ pub async fn serve(
 async fn accept_connections(
     listener: tokio::net::TcpListener,
     node: Node,
-    grpc: tokio::sync::mpsc::Sender<grpc::CountedStream>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut connections = tokio::task::JoinSet::new();
@@ -155,7 +136,7 @@ async fn accept_connections(
                 }
                 let _ = stream.set_nodelay(true);
                 let guard = node.connection_opened(peer.to_string());
-                connections.spawn(route_connection(stream, guard, node.clone(), grpc.clone(), stop.clone()));
+                connections.spawn(route_connection(stream, guard, node.clone(), stop.clone()));
             }
         }
     }
@@ -167,12 +148,11 @@ async fn accept_connections(
     }
 }
 
-/// Reads a connection's first bytes and hands it to gRPC or serves it as a wire connection.
+/// Reads a connection's first bytes and serves it as a gRPC or a wire connection.
 async fn route_connection(
     mut stream: tokio::net::TcpStream,
     guard: node::ConnectionGuard,
     node: Node,
-    grpc: tokio::sync::mpsc::Sender<grpc::CountedStream>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use tokio::io::AsyncReadExt;
@@ -188,15 +168,7 @@ async fn route_connection(
     }
     if wire::is_http2_preface(&first) {
         let counted = grpc::CountedStream::from_parts(stream, guard, first.to_vec());
-        // The hand-off queue is bounded: never wait on it past the stop signal.
-        tokio::select! {
-            sent = grpc.send(counted) => {
-                if sent.is_err() {
-                    tracing::debug!("gRPC server stopped: connection dropped");
-                }
-            }
-            _ = wire::stopped(&mut stop) => {}
-        }
+        grpc::serve_connection(counted, node, stop).await;
     } else {
         wire::serve_connection(stream, guard, first.to_vec(), node, stop).await;
     }

@@ -48,7 +48,7 @@ async fn peer_closed(reader: &mut OwnedReadHalf) {
 }
 
 /// Kills the command that `slot` names, if it has started.
-fn kill(node: &Node, slot: &OpSlot, code: ErrorCode) {
+pub(crate) fn kill(node: &Node, slot: &OpSlot, code: ErrorCode) {
     if let Some(opid) = slot.opid() {
         node.inner().locks.kill_op(opid, code);
     }

@@ -28,6 +28,7 @@
 //! none is sent for a moreToCome request; a connection runs one command at a time, in order.
 
 mod connection;
+pub(crate) use connection::kill;
 pub mod document;
 pub mod frame;
 pub mod op_msg;
