@@ -3,7 +3,8 @@
 //! A connection is one HTTP/2 connection that multiplexes any number of concurrent calls. A
 //! small, fixed number of connections per server (`maxPoolSize`, default 2) spreads the load of
 //! many concurrent operations; calls take them round-robin. A connection opens on its first call
-//! and opens again on the call after it failed (the failed call itself reports the failure);
+//! and opens again when it has closed or failed: a call that finds its connection gone before
+//! anything reached the server is made again, once, on a new one;
 //! an idle connection is checked with an HTTP/2 PING every [`KEEPALIVE_INTERVAL`] and dropped
 //! when the server does not answer within [`KEEPALIVE_TIMEOUT`].
 //!
@@ -22,8 +23,8 @@ use prost::Message;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use tonic::Status;
 
 /// How often an HTTP/2 connection is checked with a PING.
@@ -39,11 +40,31 @@ pub(crate) struct Connection {
     address: ServerAddress,
     uri: http::Uri,
     connect_timeout: Duration,
-    /// The open connection, with the number it was opened as.
-    current: Mutex<Option<(u64, h2::client::SendRequest<Bytes>)>>,
+    /// The open connection.
+    current: Mutex<Option<Open>>,
     opened: AtomicU64,
     /// Held while opening, so concurrent calls open one connection, not one each.
     opening: tokio::sync::Mutex<()>,
+    /// The last failure to open, and when: calls that waited for that attempt get its failure
+    /// instead of trying again one after another.
+    open_failed: Mutex<Option<(Instant, Status)>>,
+}
+
+/// An open HTTP/2 connection.
+#[derive(Clone)]
+struct Open {
+    /// Which opening of the connection this is.
+    number: u64,
+    sender: h2::client::SendRequest<Bytes>,
+    /// Set when the connection's task ends (the connection closed or failed).
+    closed: Arc<AtomicBool>,
+}
+
+/// How far a failed call got.
+enum Failure {
+    /// Nothing reached the server: the call may be made again on another connection.
+    NotSent(Status),
+    Failed(Status),
 }
 
 impl Connection {
@@ -58,6 +79,7 @@ impl Connection {
             current: Mutex::new(None),
             opened: AtomicU64::new(0),
             opening: tokio::sync::Mutex::new(()),
+            open_failed: Mutex::new(None),
         })
     }
 
@@ -70,13 +92,31 @@ impl Connection {
 
     async fn call(&self, command: Bytes) -> std::result::Result<Bytes, Status> {
         let message = framing::encode_message(&CommandRequest { document: command })?;
-        let (number, sender) = self.sender().await?;
-        let mut sender = match sender.ready().await {
-            Ok(sender) => sender,
-            Err(error) => {
-                self.forget(number);
-                return Err(framing::h2_status(&error));
+        // A connection that failed before the call reached the server (closed since its last
+        // call, say) is replaced once.
+        match self.call_once(message.clone()).await {
+            Err(Failure::NotSent(_)) => match self.call_once(message).await {
+                Ok(reply) => Ok(reply),
+                Err(Failure::NotSent(status) | Failure::Failed(status)) => Err(status),
+            },
+            Ok(reply) => Ok(reply),
+            Err(Failure::Failed(status)) => Err(status),
+        }
+    }
+
+    async fn call_once(&self, message: Bytes) -> std::result::Result<Bytes, Failure> {
+        let open = self.open_connection().await.map_err(Failure::Failed)?;
+        // After an HTTP/2 error on the connection itself (not a reset of this one call), the
+        // next call opens another.
+        let connection_failed = |error: &h2::Error| {
+            if !error.is_reset() || error.is_go_away() || error.is_io() {
+                self.forget(open.number);
             }
+            framing::h2_status(error)
+        };
+        let mut sender = match open.sender.clone().ready().await {
+            Ok(sender) => sender,
+            Err(error) => return Err(Failure::NotSent(connection_failed(&error))),
         };
         let request = http::Request::builder()
             .method(http::Method::POST)
@@ -85,74 +125,115 @@ impl Connection {
             .header(http::header::TE, "trailers")
             .body(())
             .expect("a well-formed request");
-        let sent = sender
+        let (response, mut stream) = sender
             .send_request(request, false)
-            .and_then(|(response, mut stream)| {
-                stream.send_data(message, true)?;
-                Ok(response)
-            });
-        let response = match sent {
-            Ok(response) => response.await,
-            Err(error) => Err(error),
-        };
-        let response = response.map_err(|error| {
-            if !error.is_reset() {
-                self.forget(number);
+            .map_err(|error| Failure::NotSent(connection_failed(&error)))?;
+        stream
+            .send_data(message, true)
+            .map_err(|error| Failure::Failed(connection_failed(&error)))?;
+        let response = response.await.map_err(|error| {
+            let status = connection_failed(&error);
+            match error.reason() {
+                // The server refused the stream before processing it.
+                Some(h2::Reason::REFUSED_STREAM) => Failure::NotSent(status),
+                _ => Failure::Failed(status),
             }
-            framing::h2_status(&error)
         })?;
         let (parts, mut body) = response.into_parts();
         if parts.status != http::StatusCode::OK {
-            return Err(framing::http_status(parts.status));
+            return Err(Failure::Failed(framing::http_status(parts.status)));
         }
         if let Some(status) = framing::status_from_headers(&parts.headers) {
             // Trailers-only: a failed call.
-            return Err(match status.code() {
+            return Err(Failure::Failed(match status.code() {
                 tonic::Code::Ok => Status::internal("the reply has no message"),
                 _ => status,
-            });
+            }));
         }
-        let message = framing::read_message(&mut body).await?;
+        let message = framing::read_message(&mut body)
+            .await
+            .map_err(Failure::Failed)?;
         let trailers = body
             .trailers()
             .await
-            .map_err(|error| framing::h2_status(&error))?;
+            .map_err(|error| Failure::Failed(connection_failed(&error)))?;
         match trailers.as_ref().and_then(framing::status_from_headers) {
-            None => return Err(Status::internal("the reply has no grpc-status")),
-            Some(status) if status.code() != tonic::Code::Ok => return Err(status),
+            None => {
+                return Err(Failure::Failed(Status::internal(
+                    "the reply has no grpc-status",
+                )));
+            }
+            Some(status) if status.code() != tonic::Code::Ok => {
+                return Err(Failure::Failed(status));
+            }
             Some(_) => {}
         }
-        let message = message.ok_or_else(|| Status::internal("the reply has no message"))?;
+        let message =
+            message.ok_or_else(|| Failure::Failed(Status::internal("the reply has no message")))?;
         let reply = CommandReply::decode(message).map_err(|error| {
-            Status::internal(format!("the reply is not a CommandReply: {error}"))
+            Failure::Failed(Status::internal(format!(
+                "the reply is not a CommandReply: {error}"
+            )))
         })?;
         Ok(reply.document)
     }
 
-    /// The open connection, opening it if there is none.
-    async fn sender(&self) -> std::result::Result<(u64, h2::client::SendRequest<Bytes>), Status> {
-        if let Some(current) = self.current.lock().expect("connection lock").clone() {
-            return Ok(current);
+    /// The open connection, opening it if there is none (or it has closed).
+    async fn open_connection(&self) -> std::result::Result<Open, Status> {
+        if let Some(open) = self.current() {
+            return Ok(open);
         }
+        let waited_from = Instant::now();
         let _opening = self.opening.lock().await;
-        if let Some(current) = self.current.lock().expect("connection lock").clone() {
-            return Ok(current);
+        if let Some(open) = self.current() {
+            return Ok(open);
         }
-        let sender = self.open().await?;
-        let number = self.opened.fetch_add(1, Ordering::Relaxed) + 1;
-        *self.current.lock().expect("connection lock") = Some((number, sender.clone()));
-        Ok((number, sender))
+        if let Some((at, status)) = self.open_failed.lock().expect("connection lock").as_ref() {
+            if *at >= waited_from {
+                return Err(status.clone());
+            }
+        }
+        let (sender, closed) = match self.open().await {
+            Ok(opened) => opened,
+            Err(status) => {
+                *self.open_failed.lock().expect("connection lock") =
+                    Some((Instant::now(), status.clone()));
+                return Err(status);
+            }
+        };
+        let open = Open {
+            number: self.opened.fetch_add(1, Ordering::Relaxed) + 1,
+            sender,
+            closed,
+        };
+        *self.current.lock().expect("connection lock") = Some(open.clone());
+        Ok(open)
+    }
+
+    /// The open connection, unless there is none or it has closed.
+    fn current(&self) -> Option<Open> {
+        let mut current = self.current.lock().expect("connection lock");
+        if current
+            .as_ref()
+            .is_some_and(|open| open.closed.load(Ordering::Acquire))
+        {
+            *current = None;
+        }
+        current.clone()
     }
 
     /// Forgets connection `number` after it failed: the next call opens another.
     fn forget(&self, number: u64) {
         let mut current = self.current.lock().expect("connection lock");
-        if current.as_ref().is_some_and(|(open, _)| *open == number) {
+        if current.as_ref().is_some_and(|open| open.number == number) {
             *current = None;
         }
     }
 
-    async fn open(&self) -> std::result::Result<h2::client::SendRequest<Bytes>, Status> {
+    /// Opens a connection: its sender, and the flag its task sets when it ends.
+    async fn open(
+        &self,
+    ) -> std::result::Result<(h2::client::SendRequest<Bytes>, Arc<AtomicBool>), Status> {
         let target = (self.address.host.as_str(), self.address.port);
         let stream = match tokio::time::timeout(
             self.connect_timeout,
@@ -180,6 +261,8 @@ impl Connection {
             .map_err(|error| framing::h2_status(&error))?;
         let mut ping_pong = connection.ping_pong().expect("taken once, here");
         let address = self.address.clone();
+        let closed = Arc::new(AtomicBool::new(false));
+        let closed_by_task = closed.clone();
         tokio::spawn(async move {
             let keepalive = async move {
                 loop {
@@ -200,8 +283,9 @@ impl Connection {
                 }
                 reason = keepalive => tracing::debug!(%address, reason, "HTTP/2 connection dropped"),
             }
+            closed_by_task.store(true, Ordering::Release);
         });
-        Ok(sender)
+        Ok((sender, closed))
     }
 }
 

@@ -41,7 +41,7 @@ pub fn encode_message<M: prost::Message>(message: &M) -> Result<Bytes, Status> {
 /// Reads a unary call's one message (without its prefix) from the DATA frames of `body`, up to
 /// the end of the data; `None` if there was none. Flow-control capacity is given back as data
 /// arrives, so a message larger than the window streams in. A compressed message is
-/// UNIMPLEMENTED, one over the limit RESOURCE_EXHAUSTED (refused from its prefix, before it is
+/// INTERNAL (cairn's encoding is identity), one over the limit RESOURCE_EXHAUSTED (refused from its prefix, before it is
 /// read), a cut or a second message INTERNAL.
 pub async fn read_message(body: &mut h2::RecvStream) -> Result<Option<Bytes>, Status> {
     // Usually the whole message is one DATA frame: it is kept as it came, without a copy.
@@ -65,8 +65,9 @@ pub async fn read_message(body: &mut h2::RecvStream) -> Result<Option<Bytes>, St
         let seen: &[u8] = whole.as_deref().unwrap_or(&gathered);
         if expected.is_none() && seen.len() >= MESSAGE_PREFIX_BYTES {
             if seen[0] != 0 {
-                return Err(Status::unimplemented(
-                    "compressed messages are not supported: cairn's encoding is identity",
+                // The call's encoding is identity (another one is refused from its headers).
+                return Err(Status::internal(
+                    "a compressed message in a call whose encoding is identity",
                 ));
             }
             let length = u32::from_be_bytes(seen[1..5].try_into().expect("4 bytes")) as usize;

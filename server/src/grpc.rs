@@ -46,6 +46,10 @@ const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
 const HTTP2_STREAMS_PER_CONNECTION_MAX: u32 = 256;
 /// The largest request header block accepted.
 const HTTP2_HEADER_LIST_MAX_BYTES: u32 = 16 * 1024;
+/// At shutdown, how long a connection may take to drain (its running operations are
+/// interrupted, so this bounds only a client that never finishes a request or never answers
+/// the GOAWAY) before it is closed.
+const SHUTDOWN_DRAIN_MAX_MS: u64 = 10_000;
 
 /// Bytes of written frames held back before the socket write is forced.
 const WRITE_COALESCE_BYTES_MAX: usize = 64 * 1024;
@@ -56,9 +60,10 @@ const WRITE_COALESCE_BYTES_MAX: usize = 64 * 1024;
 /// h2 writes a reply in up to three pieces: the frames it buffered, a DATA payload of 256
 /// bytes or more handed over without a copy, and then (after flushing those two) the trailers.
 /// Passed straight to the socket, that is two writes per reply, and the client wakes twice.
-/// Here writes go into `out`, and a flush is deferred once: the task is woken and the bytes go
-/// out at the next read or flush, which h2 makes before the task sleeps. So everything h2
-/// writes in one turn of the connection (several replies, under load) leaves in one write.
+/// Here writes go into `out`, and a flush only wakes the task: the bytes go out at the next
+/// read of the socket, which h2 makes on every poll of the connection (the task's next poll at
+/// the latest), at shutdown, or once `out` holds [`WRITE_COALESCE_BYTES_MAX`]. So everything
+/// h2 writes in one turn of the connection (several replies, under load) leaves in one write.
 pub struct CountedStream {
     stream: TcpStream,
     guard: Arc<ConnectionGuard>,
@@ -168,16 +173,14 @@ impl AsyncWrite for CountedStream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // Deferred: the task is woken, and h2 reads the socket on every poll of the connection
+        // (its frame reader runs until the socket has nothing more), which drains `out`.
         let this = self.get_mut();
-        if this.out.is_empty() {
-            return Poll::Ready(Ok(()));
-        }
-        if !this.flush_deferred {
+        if !this.out.is_empty() && !this.flush_deferred {
             this.flush_deferred = true;
             cx.waker().wake_by_ref();
-            return Poll::Ready(Ok(()));
         }
-        this.poll_drain(cx)
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -215,12 +218,21 @@ pub async fn serve_connection(
     };
     let mut calls = FuturesUnordered::new();
     let mut draining = false;
+    let drain_limit = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(drain_limit);
     loop {
         tokio::select! {
             biased;
             _ = crate::wire::stopped(&mut stop), if !draining => {
                 draining = true;
                 connection.graceful_shutdown();
+                drain_limit
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MAX_MS));
+            }
+            _ = &mut drain_limit, if draining => {
+                tracing::info!(peer = %remote, "connection not drained in time at shutdown: closed");
+                break;
             }
             Some(()) = calls.next(), if !calls.is_empty() => {}
             accepted = connection.accept() => match accepted {
@@ -258,7 +270,13 @@ async fn serve_call(
     let outcome = match check_call(&parts) {
         Err(status) => Err(status),
         Ok(deadline) => {
-            let call = run_call(node, guard, body, stop);
+            let slot = Arc::new(crate::opctx::OpSlot::default());
+            let call = with_deadline(
+                deadline,
+                &node,
+                &slot,
+                run_call(node.clone(), guard, body, stop, slot.clone()),
+            );
             // A reset from the client ends the call; dropping it kills its operation.
             let cancelled = std::future::poll_fn(|cx| respond.poll_reset(cx));
             tokio::select! {
@@ -267,7 +285,7 @@ async fn serve_call(
                     tracing::debug!(?reason, "call reset by the client");
                     return;
                 }
-                outcome = with_deadline(deadline, call) => outcome,
+                outcome = call => outcome,
             }
         }
     };
@@ -321,17 +339,24 @@ fn is_grpc_content_type(headers: &http::HeaderMap) -> bool {
         })
 }
 
+/// Runs `call` until its deadline, if it has one; at the deadline its operation is killed
+/// (MaxTimeMSExpired, as for maxTimeMS) and the call ends with DEADLINE_EXCEEDED.
 async fn with_deadline(
     deadline: Option<Duration>,
+    node: &Node,
+    slot: &crate::opctx::OpSlot,
     call: impl std::future::Future<Output = Result<Bytes, Status>>,
 ) -> Result<Bytes, Status> {
     match deadline {
         None => call.await,
         Some(deadline) => match tokio::time::timeout(deadline, call).await {
             Ok(outcome) => outcome,
-            Err(_) => Err(Status::deadline_exceeded(
-                "the call's deadline (grpc-timeout) passed",
-            )),
+            Err(_) => {
+                kill(node, slot, ErrorCode::MaxTimeMSExpired);
+                Err(Status::deadline_exceeded(
+                    "the call's deadline (grpc-timeout) passed",
+                ))
+            }
         },
     }
 }
@@ -345,7 +370,7 @@ struct CancelOnDrop {
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        if !self.done && self.slot.opid().is_some() {
+        if !self.done {
             tracing::info!(
                 opid = self.slot.opid(),
                 "client went away: killing its operation"
@@ -361,6 +386,7 @@ async fn run_call(
     guard: Arc<ConnectionGuard>,
     mut body: h2::RecvStream,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    slot: Arc<crate::opctx::OpSlot>,
 ) -> Result<Bytes, Status> {
     let message = framing::read_message(&mut body)
         .await?
@@ -369,7 +395,6 @@ async fn run_call(
         .map_err(|error| Status::internal(format!("request is not a CommandRequest: {error}")))?;
     let bytes = request.document;
     let mut client = guard.client().clone();
-    let slot = Arc::new(crate::opctx::OpSlot::default());
     client.op_slot = Some(slot.clone());
     let mut cancel = CancelOnDrop {
         slot,
@@ -447,5 +472,12 @@ fn send_status(
     debug_assert!(status.code() != tonic::Code::Ok);
     let mut response = grpc_response();
     framing::put_status(status, response.headers_mut());
+    if status.code() == tonic::Code::Unimplemented {
+        // What a client may send instead (it matters when its encoding was refused).
+        response.headers_mut().insert(
+            "grpc-accept-encoding",
+            http::HeaderValue::from_static("identity"),
+        );
+    }
     respond.send_response(response, true).map(|_| ())
 }

@@ -12,23 +12,42 @@ use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Where a transport learns the opid of the command it is running (to kill it when its client
-/// goes away).
+/// Where a transport learns the opid of the command it is running, to kill it when its client
+/// goes away, its deadline passes or the server shuts down. A kill asked for before the command
+/// has started (it is still on its way to a blocking thread, say) is kept and applied when the
+/// command starts, so it is never lost.
 #[derive(Debug, Default)]
 pub struct OpSlot {
-    opid: std::sync::atomic::AtomicU64,
+    state: Mutex<SlotState>,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    opid: Option<u64>,
+    /// The first kill asked for before the command started.
+    pending_kill: Option<ErrorCode>,
 }
 
 impl OpSlot {
-    pub fn set(&self, opid: u64) {
-        self.opid.store(opid, std::sync::atomic::Ordering::Release);
+    /// Records the opid of the command as it starts; returns a kill asked for before.
+    pub fn set(&self, opid: u64) -> Option<ErrorCode> {
+        let mut state = self.state.lock();
+        state.opid = Some(opid);
+        state.pending_kill.take()
     }
 
     /// The opid, once the command has started.
     pub fn opid(&self) -> Option<u64> {
-        match self.opid.load(std::sync::atomic::Ordering::Acquire) {
-            0 => None,
-            opid => Some(opid),
+        self.state.lock().opid
+    }
+
+    /// Kills the command with `code`: now if it is running, else as it starts. (A command that
+    /// an inline attempt handed back starts again under a new opid.)
+    pub fn kill(&self, locks: &cairn_locking::LockManager, code: ErrorCode) {
+        let mut state = self.state.lock();
+        let killed = state.opid.is_some_and(|opid| locks.kill_op(opid, code));
+        if !killed {
+            state.pending_kill.get_or_insert(code);
         }
     }
 }
@@ -162,7 +181,9 @@ impl<'a> OpCtx<'a> {
         });
         node.operations.lock().insert(info.opid, info.clone());
         if let Some(slot) = &info.client.op_slot {
-            slot.set(info.opid);
+            if let Some(code) = slot.set(info.opid) {
+                node.locks.kill_op(info.opid, code);
+            }
         }
         OpCtx {
             node,

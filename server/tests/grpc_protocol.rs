@@ -15,18 +15,26 @@ use std::time::Duration;
 /// What came back for one call.
 struct Answer {
     http: http::StatusCode,
+    headers: http::HeaderMap,
     /// `grpc-status` and `grpc-message`, from the trailers or a trailers-only response.
     status: Option<(tonic::Code, String)>,
     reply: Option<Document>,
 }
 
 async fn connect(address: std::net::SocketAddr) -> h2::client::SendRequest<Bytes> {
+    connect_with_task(address).await.0
+}
+
+/// A raw HTTP/2 connection and the task that drives it (aborting it closes the socket).
+async fn connect_with_task(
+    address: std::net::SocketAddr,
+) -> (h2::client::SendRequest<Bytes>, tokio::task::JoinHandle<()>) {
     let stream = tokio::net::TcpStream::connect(address).await.unwrap();
     let (sender, connection) = h2::client::handshake(stream).await.unwrap();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let _ = connection.await;
     });
-    sender
+    (sender, task)
 }
 
 fn request(path: &str, content_type: &str, headers: &[(&str, &str)]) -> http::Request<()> {
@@ -73,6 +81,7 @@ async fn call(
     }
     Answer {
         http: parts.status,
+        headers: parts.headers,
         status,
         reply,
     }
@@ -147,6 +156,10 @@ async fn malformed_calls_get_grpc_statuses_and_the_node_serves_on() {
     )
     .await;
     assert_eq!(code(&answer), tonic::Code::Unimplemented);
+    assert_eq!(
+        answer.headers.get("grpc-accept-encoding").unwrap(),
+        "identity"
+    );
     let mut flagged = ping.to_vec();
     flagged[0] = 1;
     let answer = call(
@@ -155,7 +168,7 @@ async fn malformed_calls_get_grpc_statuses_and_the_node_serves_on() {
         vec![flagged.into()],
     )
     .await;
-    assert_eq!(code(&answer), tonic::Code::Unimplemented);
+    assert_eq!(code(&answer), tonic::Code::Internal);
 
     // A message announced over the limit is refused from its prefix alone.
     let mut huge = vec![0u8];
@@ -295,8 +308,9 @@ async fn a_deadline_or_a_reset_ends_the_call_and_kills_its_operation() {
     drop(response);
     wait_until_no_waiting_inserts(&client).await;
 
-    // A closed connection kills its calls' operations too.
-    let lost = connect(node.address).await;
+    // A closed connection kills its calls' operations too: the call stays open on this side,
+    // and the socket under it closes.
+    let (lost, connection_task) = connect_with_task(node.address).await;
     let pending = tokio::spawn(async move {
         let mut ready = lost.ready().await.unwrap();
         let (response, mut stream) = ready
@@ -308,8 +322,12 @@ async fn a_deadline_or_a_reset_ends_the_call_and_kills_its_operation() {
     while waiting_inserts(&client).await.is_empty() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    pending.abort();
+    connection_task.abort();
     wait_until_no_waiting_inserts(&client).await;
+    assert!(
+        pending.await.unwrap().is_err(),
+        "the call failed with its connection"
+    );
 
     admin.run_command(doc! {"fsyncUnlock": 1}).await.unwrap();
     // None of the three inserts happened.
@@ -415,4 +433,33 @@ async fn shutdown_interrupts_a_waiting_call_and_answers_it() {
         .expect("the node stops")
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_driver_replaces_a_connection_the_server_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = cairn_server::NodeConfig {
+        port: 0,
+        dbpath: dir.path().to_path_buf(),
+        ..cairn_server::NodeConfig::default()
+    };
+    let node = cairn_server::EmbeddedNode::start(config.clone(), false)
+        .await
+        .unwrap();
+    let port = node.address.port();
+    let client = cairn_driver::Client::connect(&format!("cairn://{}", node.address))
+        .await
+        .unwrap();
+    let coll = client.database("test").collection::<Document>("c");
+    coll.insert_one(doc! {"_id": 1}).await.unwrap();
+    node.stop().await.unwrap();
+    let node =
+        cairn_server::EmbeddedNode::start(cairn_server::NodeConfig { port, ..config }, false)
+            .await
+            .unwrap();
+    // Writes are not retried: this one goes through only if the driver opens a new connection
+    // instead of failing on the closed one.
+    coll.insert_one(doc! {"_id": 2}).await.unwrap();
+    assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 2);
+    node.stop().await.unwrap();
 }

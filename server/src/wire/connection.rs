@@ -47,11 +47,9 @@ async fn peer_closed(reader: &mut OwnedReadHalf) {
     }
 }
 
-/// Kills the command that `slot` names, if it has started.
+/// Kills the command that `slot` names: now if it is running, else as soon as it starts.
 pub(crate) fn kill(node: &Node, slot: &OpSlot, code: ErrorCode) {
-    if let Some(opid) = slot.opid() {
-        node.inner().locks.kill_op(opid, code);
-    }
+    slot.kill(&node.inner().locks, code);
 }
 
 /// Whether the command is a hello (under any of its names).
