@@ -463,3 +463,31 @@ async fn the_driver_replaces_a_connection_the_server_closed() {
     assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 2);
     node.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_driver_operation_kills_it_on_the_server() {
+    // What Ctrl-C in the shell does: the operation's future is dropped mid-call.
+    let (node, client) = common::start().await;
+    client
+        .database("admin")
+        .run_command(doc! {"fsync": 1, "lock": true})
+        .await
+        .unwrap();
+    let coll = client.database("test").collection::<Document>("c");
+    let waiting = {
+        let coll = coll.clone();
+        tokio::spawn(async move { coll.insert_one(doc! {"_id": 1}).await })
+    };
+    while waiting_inserts(&client).await.is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    waiting.abort();
+    wait_until_no_waiting_inserts(&client).await;
+    client
+        .database("admin")
+        .run_command(doc! {"fsyncUnlock": 1})
+        .await
+        .unwrap();
+    assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 0);
+    node.stop().await.unwrap();
+}
