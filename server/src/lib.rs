@@ -71,6 +71,23 @@ async fn listen(address: &str) -> std::io::Result<tokio::net::TcpListener> {
 
 /// Pause after a failed accept (out of file descriptors, say) before the next one.
 const ACCEPT_RETRY_DELAY_MS: u64 = 100;
+/// TCP keepalive on accepted connections, so that a client that vanished without closing (its
+/// host crashed, the network dropped) is noticed: its connection closes and its operations are
+/// killed after about `IDLE + PROBES x INTERVAL` (4 minutes) instead of never. mongod probes
+/// after at most 300 s of idle time.
+const TCP_KEEPALIVE_IDLE_SECS: u64 = 120;
+const TCP_KEEPALIVE_INTERVAL_SECS: u64 = 20;
+const TCP_KEEPALIVE_PROBES: u32 = 6;
+
+/// Socket options of an accepted connection: no Nagle delay, and TCP keepalive.
+fn configure_accepted(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(TCP_KEEPALIVE_IDLE_SECS))
+        .with_interval(std::time::Duration::from_secs(TCP_KEEPALIVE_INTERVAL_SECS))
+        .with_retries(TCP_KEEPALIVE_PROBES);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
 
 /// Serves the node on the given listeners until `shutdown` completes: gRPC and MongoDB's wire
 /// protocol on the same ports. The first bytes of a connection decide
@@ -134,7 +151,9 @@ async fn accept_connections(
                     tracing::warn!(%peer, open, "connection refused because too many open connections");
                     continue;
                 }
-                let _ = stream.set_nodelay(true);
+                if let Err(error) = configure_accepted(&stream) {
+                    tracing::debug!(%peer, %error, "cannot set socket options");
+                }
                 let guard = node.connection_opened(peer.to_string());
                 connections.spawn(route_connection(stream, guard, node.clone(), stop.clone()));
             }
@@ -235,5 +254,34 @@ impl Drop for EmbeddedNode {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_get_nodelay_and_keepalive() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        configure_accepted(&accepted).unwrap();
+        assert!(accepted.nodelay().unwrap());
+        let socket = socket2::SockRef::from(&accepted);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap().as_secs(),
+            TCP_KEEPALIVE_IDLE_SECS
+        );
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap().as_secs(),
+            TCP_KEEPALIVE_INTERVAL_SECS
+        );
+        assert_eq!(
+            socket.tcp_keepalive_retries().unwrap(),
+            TCP_KEEPALIVE_PROBES
+        );
     }
 }
