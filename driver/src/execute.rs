@@ -155,23 +155,20 @@ impl Core {
 
     /// One RPC, nothing added.
     async fn call(&self, address: &ServerAddress, command: &Document) -> Result<Document> {
-        let mut bytes = Vec::new();
+        // Written after room for the gRPC head, so the message is framed without a copy.
+        let mut buffer = cairn_proto::framing::document_buffer();
         command
-            .to_writer(&mut bytes)
+            .to_writer(&mut buffer)
             .map_err(Error::serialization)?;
+        let size = buffer.len() - cairn_proto::framing::FRAME_HEAD_BYTES_MAX;
         let limit = cairn_types::limits::MESSAGE_SIZE_MAX_BYTES;
-        if bytes.len() > limit {
+        if size > limit {
             let name = command.keys().next().cloned().unwrap_or_default();
             return Err(Error::invalid_argument(format!(
-                "the {name} command is {} bytes, over the {limit} byte message limit",
-                bytes.len()
+                "the {name} command is {size} bytes, over the {limit} byte message limit"
             )));
         }
-        let reply = self
-            .pool
-            .connection(address)?
-            .run_command(bytes.into())
-            .await?;
+        let reply = self.pool.connection(address)?.run_command(buffer).await?;
         Document::from_reader(reply.as_ref()).map_err(|e| {
             Error::invalid_reply(format!(
                 "the reply from {address} is not a BSON document: {e}"

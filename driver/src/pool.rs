@@ -17,8 +17,8 @@
 use crate::error::{Error, Result};
 use crate::options::{ClientOptions, ServerAddress};
 use bytes::Bytes;
+use cairn_proto::CommandReply;
 use cairn_proto::framing::{self, GRPC_CONTENT_TYPE, RUN_COMMAND_PATH};
-use cairn_proto::{CommandReply, CommandRequest};
 use prost::Message;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -83,15 +83,16 @@ impl Connection {
         })
     }
 
-    /// Runs one command: the BSON bytes of the command in, those of the reply out.
-    pub(crate) async fn run_command(&self, command: Bytes) -> Result<Bytes> {
+    /// Runs one command: the BSON bytes of the command in (after the room that
+    /// `framing::document_buffer` reserves), those of the reply out.
+    pub(crate) async fn run_command(&self, command: Vec<u8>) -> Result<Bytes> {
         self.call(command)
             .await
             .map_err(|status| Error::network(Some(self.address.clone()), &status))
     }
 
-    async fn call(&self, command: Bytes) -> std::result::Result<Bytes, Status> {
-        let message = framing::encode_message(&CommandRequest { document: command })?;
+    async fn call(&self, command: Vec<u8>) -> std::result::Result<Bytes, Status> {
+        let message = framing::frame_document(command)?;
         // A connection that failed before the call reached the server (closed since its last
         // call, say) is replaced once.
         match self.call_once(message.clone()).await {

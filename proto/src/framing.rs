@@ -21,21 +21,46 @@ pub const GRPC_CONTENT_TYPE: &str = "application/grpc";
 /// A message's prefix: the compressed flag (1 byte) and the length (4 bytes, big endian).
 pub const MESSAGE_PREFIX_BYTES: usize = 5;
 
-/// `message` with its gRPC prefix, or RESOURCE_EXHAUSTED if it is over the message limit.
-pub fn encode_message<M: prost::Message>(message: &M) -> Result<Bytes, Status> {
-    let length = message.encoded_len();
+/// The field number of `document` in both `CommandRequest` and `CommandReply` (cairn.proto).
+const DOCUMENT_FIELD: u32 = 1;
+
+/// Room to leave in front of a document for [`frame_document`]: the gRPC prefix, the protobuf
+/// key of the field and the longest length varint of a message under the limit.
+pub const FRAME_HEAD_BYTES_MAX: usize = MESSAGE_PREFIX_BYTES + 1 + 5;
+
+/// A buffer with [`FRAME_HEAD_BYTES_MAX`] bytes reserved in front, for a document to be
+/// written after them and framed by [`frame_document`].
+pub fn document_buffer() -> Vec<u8> {
+    vec![0; FRAME_HEAD_BYTES_MAX]
+}
+
+/// The gRPC message of a `CommandRequest` or `CommandReply` carrying the document that
+/// `buffer` holds after [`FRAME_HEAD_BYTES_MAX`] reserved bytes ([`document_buffer`]). The
+/// head (prefix, key, length) is written into the reserved bytes, so the message is one
+/// contiguous frame and the document is never copied. RESOURCE_EXHAUSTED if the message would
+/// be over [`GRPC_MESSAGE_SIZE_MAX_BYTES`].
+pub fn frame_document(mut buffer: Vec<u8>) -> Result<Bytes, Status> {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+    assert!(
+        buffer.len() >= FRAME_HEAD_BYTES_MAX,
+        "no room reserved for the head"
+    );
+    let document_len = buffer.len() - FRAME_HEAD_BYTES_MAX;
+    let length = key_len(DOCUMENT_FIELD) + encoded_len_varint(document_len as u64) + document_len;
     if length > GRPC_MESSAGE_SIZE_MAX_BYTES {
         return Err(Status::resource_exhausted(format!(
             "message of {length} bytes is over the limit of {GRPC_MESSAGE_SIZE_MAX_BYTES} bytes"
         )));
     }
-    let mut frame = BytesMut::with_capacity(MESSAGE_PREFIX_BYTES + length);
-    frame.put_u8(0);
-    frame.put_u32(u32::try_from(length).expect("under the message limit"));
-    message
-        .encode(&mut frame)
-        .expect("the frame has room for the message");
-    Ok(frame.freeze())
+    let mut head = Vec::with_capacity(FRAME_HEAD_BYTES_MAX);
+    head.put_u8(0);
+    head.put_u32(u32::try_from(length).expect("under the message limit"));
+    encode_key(DOCUMENT_FIELD, WireType::LengthDelimited, &mut head);
+    encode_varint(document_len as u64, &mut head);
+    // The head goes just before the document, in the buffer's own memory.
+    let start = FRAME_HEAD_BYTES_MAX - head.len();
+    buffer[start..FRAME_HEAD_BYTES_MAX].copy_from_slice(&head);
+    Ok(Bytes::from(buffer).slice(start..))
 }
 
 /// Reads a unary call's one message (without its prefix) from the DATA frames of `body`, up to
@@ -280,14 +305,34 @@ mod tests {
     }
 
     #[test]
-    fn a_message_is_prefixed_with_its_length() {
-        let reply = CommandReply {
-            document: vec![7u8; 300].into(),
-        };
-        let frame = encode_message(&reply).unwrap();
-        assert_eq!(frame[0], 0);
-        let length = u32::from_be_bytes(frame[1..5].try_into().unwrap()) as usize;
-        assert_eq!(frame.len(), MESSAGE_PREFIX_BYTES + length);
-        assert_eq!(CommandReply::decode(&frame[5..]).unwrap(), reply);
+    fn a_framed_document_is_a_prefixed_message_of_either_type() {
+        use crate::CommandRequest;
+        for size in [5usize, 127, 128, 300, 16_383, 16_384, 70_000] {
+            let document = vec![7u8; size];
+            let mut buffer = document_buffer();
+            buffer.extend_from_slice(&document);
+            let frame = frame_document(buffer).unwrap();
+            assert_eq!(frame[0], 0);
+            let length = u32::from_be_bytes(frame[1..5].try_into().unwrap()) as usize;
+            assert_eq!(frame.len(), MESSAGE_PREFIX_BYTES + length);
+            // Exactly what prost encodes for either message.
+            let reply = CommandReply {
+                document: document.clone().into(),
+            };
+            assert_eq!(&frame[5..], reply.encode_to_vec().as_slice());
+            assert_eq!(CommandReply::decode(&frame[5..]).unwrap(), reply);
+            assert_eq!(
+                CommandRequest::decode(&frame[5..]).unwrap().document,
+                document
+            );
+        }
+    }
+
+    #[test]
+    fn a_document_over_the_message_limit_is_refused() {
+        let mut buffer = document_buffer();
+        buffer.resize(FRAME_HEAD_BYTES_MAX + GRPC_MESSAGE_SIZE_MAX_BYTES, 0);
+        let error = frame_document(buffer).unwrap_err();
+        assert_eq!(error.code(), Code::ResourceExhausted);
     }
 }

@@ -13,8 +13,9 @@
 //! with `content-type: application/grpc[+proto]`, one length-prefixed, uncompressed protobuf
 //! message each way, the status in trailers (`grpc-status`, `grpc-message`), `grpc-timeout`
 //! honoured (DEADLINE_EXCEEDED). Anything else gets the status a gRPC server gives it:
-//! UNIMPLEMENTED for another method or a compressed message, HTTP 415 for another content
-//! type, RESOURCE_EXHAUSTED for a message over [`cairn_proto::GRPC_MESSAGE_SIZE_MAX_BYTES`].
+//! UNIMPLEMENTED for another method or encoding, INTERNAL for a compressed or malformed
+//! message, HTTP 415 for another content type, RESOURCE_EXHAUSTED for a message over
+//! [`cairn_proto::GRPC_MESSAGE_SIZE_MAX_BYTES`] (docs/server.md "gRPC" lists them).
 //! A call whose client resets it (a cancelled RPC, Ctrl-C in the shell) or whose connection
 //! goes away before the reply kills its operation.
 
@@ -434,15 +435,13 @@ async fn run_call(
     encode_reply(&reply)
 }
 
-/// A reply document as a prefixed gRPC message holding a `CommandReply`.
+/// A reply document as a gRPC message holding a `CommandReply` (see [`framing::frame_document`]).
 fn encode_reply(reply: &bson::Document) -> Result<Bytes, Status> {
-    let mut document = Vec::new();
+    let mut buffer = framing::document_buffer();
     reply
-        .to_writer(&mut document)
+        .to_writer(&mut buffer)
         .map_err(|error| Status::internal(format!("reply does not serialize: {error}")))?;
-    framing::encode_message(&cairn_proto::CommandReply {
-        document: document.into(),
-    })
+    framing::frame_document(buffer)
 }
 
 fn grpc_response() -> http::Response<()> {

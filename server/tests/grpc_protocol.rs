@@ -7,8 +7,8 @@ mod common;
 
 use bson::{Document, doc};
 use bytes::Bytes;
+use cairn_proto::CommandReply;
 use cairn_proto::framing::{self, RUN_COMMAND_PATH};
-use cairn_proto::{CommandReply, CommandRequest};
 use prost::Message;
 use std::time::Duration;
 
@@ -30,7 +30,15 @@ async fn connect_with_task(
     address: std::net::SocketAddr,
 ) -> (h2::client::SendRequest<Bytes>, tokio::task::JoinHandle<()>) {
     let stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let (sender, connection) = h2::client::handshake(stream).await.unwrap();
+    // Windows as gRPC clients set them (cairn-driver: 1 MiB and 4 MiB; tonic: larger). With
+    // h2's default 64 KiB, a 12 MB reply arrives in frames as small as each window update,
+    // and h2's client may take that for abuse (ENHANCE_YOUR_CALM, "too_many_data_frames").
+    let (sender, connection) = h2::client::Builder::new()
+        .initial_window_size(1024 * 1024)
+        .initial_connection_window_size(4 * 1024 * 1024)
+        .handshake::<_, Bytes>(stream)
+        .await
+        .unwrap();
     let task = tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -88,10 +96,9 @@ async fn call(
 }
 
 fn command_message(command: &Document) -> Bytes {
-    framing::encode_message(&CommandRequest {
-        document: bson::serialize_to_vec(command).unwrap().into(),
-    })
-    .unwrap()
+    let mut buffer = framing::document_buffer();
+    command.to_writer(&mut buffer).unwrap();
+    framing::frame_document(buffer).unwrap()
 }
 
 async fn ping_works(sender: &h2::client::SendRequest<Bytes>) {
