@@ -439,6 +439,19 @@ pub(crate) fn process(inner: &Inner, jobs: Vec<Job>) -> AwaitingSync {
     }
     if !commits.is_empty() {
         commit_batch(inner, commits, &mut awaiting);
+        let memtable = &inner.memtable;
+        let inline = inner.config.commit_mode == crate::config::CommitMode::Inline;
+        if memtable.unflushed_bytes() > crate::memtable::MEMTABLE_BYTES_MAX
+            || (inline && memtable.flush_due())
+        {
+            // The flusher fell behind (or there is none): the leader writes the memtable
+            // itself, which holds back further commits until it is done.
+            if let Err(error) = flush_memtable(inner) {
+                tracing::error!(%error, "writing the memtable to the data file failed");
+            }
+        } else if memtable.flush_due() {
+            memtable.wake_flusher();
+        }
     }
     if !flushes.is_empty() {
         Counters::add(&inner.counters.flushes_shared, flushes.len() as u64 - 1);
@@ -704,12 +717,11 @@ fn commit_group(inner: &Inner, mut batch: Vec<CommitRequest>, awaiting: &mut Awa
         return;
     }
     let now = inner.clock.monotonic();
-    // The batch's redb commit is durable (and starts a new journal generation) when the data
-    // is due to be synced or the journal is full; otherwise the journal record makes it durable.
-    let durable = now.saturating_sub(state.last_durable_at)
-        >= Duration::from_millis(inner.config.data_sync_interval_ms)
-        || inner.journal.generation_bytes() >= inner.config.journal_bytes_max;
-    let outcome = apply_batch(inner, &batch, &state, durable);
+    // The batch commits durably to redb (draining the memtable, and starting a new journal
+    // generation) when the journal is full; otherwise its journal record makes it durable, and
+    // the periodic durable commit (`periodic`) syncs the data file.
+    let durable = inner.journal.generation_bytes() >= inner.config.journal_bytes_max;
+    let outcome = apply_batch(inner, &mut batch, &state, durable);
     match outcome {
         Ok(outcome) => {
             {
@@ -754,6 +766,7 @@ fn commit_group(inner: &Inner, mut batch: Vec<CommitRequest>, awaiting: &mut Awa
                 Counters::add(&counters.journal_bytes, outcome.journal_bytes);
             }
             Counters::add(&counters.versions_written, outcome.versions);
+            // Histories are counted when a batch reaches redb (mostly by `flush_memtable`).
             Counters::add(&counters.history_versions_written, outcome.histories);
             Counters::add(&counters.oplog_entries_written, outcome.oplog_entries);
             counters
@@ -815,12 +828,13 @@ struct BatchOutcome {
     journal_bytes: u64,
 }
 
-/// Assigns the batch's commit timestamps and stamps its oplog entries.
-fn prepare_units<'a>(
-    batch: &'a [CommitRequest],
+/// Assigns the batch's commit timestamps and stamps its oplog entries. The units take the
+/// requests' writes and drops (the memtable keeps them until they are flushed).
+fn prepare_units(
+    batch: &mut [CommitRequest],
     mut last: Timestamp,
     wall_secs: u32,
-) -> Result<Vec<BatchUnit<'a>>, Error> {
+) -> Result<Vec<BatchUnit<'static>>, Error> {
     let mut units = Vec::with_capacity(batch.len());
     for request in batch {
         let stamps: Vec<Timestamp> = match &request.explicit_timestamps {
@@ -846,9 +860,9 @@ fn prepare_units<'a>(
         }
         units.push(BatchUnit {
             stamps,
-            writes: Cow::Borrowed(&request.writes),
+            writes: Cow::Owned(std::mem::take(&mut request.writes)),
             oplog,
-            drops: Cow::Borrowed(&request.drop_idents),
+            drops: Cow::Owned(std::mem::take(&mut request.drop_idents)),
             max_ident: request.max_ident,
         });
     }
@@ -856,6 +870,7 @@ fn prepare_units<'a>(
 }
 
 /// What a batch's commit-state record starts from.
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct CommitBase {
     pub oplog_bytes: u64,
     /// `None`: stable follows the newest commit.
@@ -889,9 +904,9 @@ fn opened<'s, T>(
 /// Writes units into a redb transaction at their timestamps: versions (the replaced ones into
 /// history) and write-log entries, oplog entries, drop-pending entries, and the commit state.
 /// What a batch commit and journal replay both do.
-pub(crate) fn write_units(
+pub(crate) fn write_units<'u, 'a: 'u>(
     txn: &WriteTransaction,
-    units: &[BatchUnit<'_>],
+    units: impl IntoIterator<Item = &'u BatchUnit<'a>>,
     base: &CommitBase,
 ) -> Result<UnitTotals, Error> {
     let mut totals = UnitTotals {
@@ -963,48 +978,153 @@ pub(crate) fn write_units(
     Ok(totals)
 }
 
+/// Commits a batch: its journal record is appended and it joins the memtable, from where the
+/// flusher writes it to redb (`flush_memtable`). A batch whose record would be too large, or
+/// that finds the journal full (`durable`), drains the memtable and commits durably to redb
+/// itself instead, which starts a new journal generation.
 fn apply_batch(
     inner: &Inner,
-    batch: &[CommitRequest],
+    batch: &mut [CommitRequest],
     state: &crate::engine::TimestampState,
     durable: bool,
 ) -> Result<BatchOutcome, Error> {
     let units = prepare_units(batch, state.last_assigned, inner.clock.wall_secs())?;
-    // A batch too large for one journal record commits durably instead.
     let payload_size = crate::journal::payload_size(&units);
     let durable = durable || payload_size > RECORD_PAYLOAD_BYTES_MAX;
-    let txn = begin(inner, durable)?;
     let stable = (!state.stable_follows_newest).then_some(state.stable);
-    let totals = write_units(
-        &txn,
-        &units,
-        &CommitBase {
-            oplog_bytes: state.oplog_bytes,
-            stable,
-            next_ident: inner.next_ident.load(Ordering::Relaxed),
-        },
-    )?;
+    let base = CommitBase {
+        oplog_bytes: state.oplog_bytes,
+        stable,
+        next_ident: inner.next_ident.load(Ordering::Relaxed),
+    };
+    let stamps: Vec<Vec<Timestamp>> = units.iter().map(|unit| unit.stamps.clone()).collect();
+    let last = *stamps
+        .last()
+        .and_then(|unit| unit.last())
+        .expect("a batch has a unit with a timestamp");
+    let versions = units.iter().map(|unit| unit.writes.len() as u64).sum();
+    let oplog_entries = units.iter().map(|unit| unit.oplog.len() as u64).sum();
+    let oplog_bytes = base.oplog_bytes
+        + units
+            .iter()
+            .flat_map(|unit| unit.oplog.iter())
+            .map(|entry| entry.len() as u64)
+            .sum::<u64>();
     let mut journal_bytes = 0;
+    let mut histories = 0;
     if durable {
+        flush_memtable(inner)?;
+        let txn = begin(inner, true)?;
+        let totals = write_units(&txn, &units, &base)?;
+        assert_eq!(
+            totals.last, last,
+            "the units end at the batch's last timestamp"
+        );
+        histories = totals.histories;
         commit_durable(inner, txn, totals.last, "committing")?;
     } else {
-        txn.commit()
-            .map_err(|error| storage_error("committing", error))?;
-        // Journaled after the redb commit and before the batch is visible: the journal never
-        // holds a batch redb refused, and every visible commit has its record written.
+        // Journaled before the batch joins the memtable and becomes visible: every visible
+        // commit has its record written.
         let record = crate::journal::encode_record(&units, stable, payload_size);
         journal_bytes = record.len() as u64;
-        inner.journal.append(record, totals.last);
+        inner.journal.append(record, last);
+        inner
+            .memtable
+            .add(crate::memtable::PendingBatch { units, base });
     }
     Ok(BatchOutcome {
-        last: totals.last,
-        stamps: units.into_iter().map(|unit| unit.stamps).collect(),
-        oplog_bytes: totals.oplog_bytes,
-        histories: totals.histories,
-        versions: totals.versions,
-        oplog_entries: totals.oplog_entries,
+        last,
+        stamps,
+        oplog_bytes,
+        histories,
+        versions,
+        oplog_entries,
         journal_bytes,
     })
+}
+
+/// Writes the memtable's batches to redb: freezes the active layer and writes every frozen
+/// layer, in commit order, in one non-durable redb transaction, then retires them. Runs on the
+/// flusher thread, and first in every other redb write (under the writer mutex, so that no
+/// batch joins meanwhile and the memtable is empty afterwards: a drain).
+pub(crate) fn flush_memtable(inner: &Inner) -> Result<(), Error> {
+    let _flushing = inner.memtable.flush_lock.lock();
+    let frozen = inner.memtable.freeze();
+    if frozen.is_empty() {
+        return Ok(());
+    }
+    if let Some(error) = inner.failure.lock().clone() {
+        return Err(error);
+    }
+    let written = (|| {
+        let txn = begin(inner, false)?;
+        let mut histories = 0;
+        for layer in &frozen {
+            histories += layer.with_batches(|batches| -> Result<u64, Error> {
+                let mut histories = 0;
+                // Consecutive batches committed under the same stable timestamp share one
+                // `write_units` (which opens the tables once).
+                for group in batches.chunk_by(|a, b| a.base.stable == b.base.stable) {
+                    let base = CommitBase {
+                        next_ident: group
+                            .iter()
+                            .map(|batch| batch.base.next_ident)
+                            .max()
+                            .expect("a group has a batch"),
+                        ..group[0].base
+                    };
+                    let totals = write_units(
+                        &txn,
+                        group.iter().flat_map(|batch| batch.units.iter()),
+                        &base,
+                    )?;
+                    histories += totals.histories;
+                }
+                Ok(histories)
+            })?;
+        }
+        txn.commit()
+            .map_err(|error| storage_error("committing the memtable", error))?;
+        Ok(histories)
+    })();
+    match written {
+        Ok(histories) => {
+            inner.memtable.retire(&frozen);
+            Counters::add(&inner.counters.history_versions_written, histories);
+            Counters::add(&inner.counters.memtable_flushes, 1);
+            Ok(())
+        }
+        Err(error) => {
+            record_failure(inner, &error);
+            Err(error)
+        }
+    }
+}
+
+/// The flusher thread: writes the memtable to redb when asked (a full active layer) and at
+/// least every `FLUSH_INTERVAL_MS`.
+pub(crate) fn run_flusher(inner: Arc<Inner>) {
+    let interval = Duration::from_millis(crate::memtable::FLUSH_INTERVAL_MS);
+    loop {
+        {
+            let mut wake = inner.memtable.wake.lock();
+            if !*wake {
+                inner.memtable.wake_signal.wait_for(&mut wake, interval);
+            }
+            *wake = false;
+        }
+        if inner.queue.lock().shutdown {
+            break;
+        }
+        // After a failure the engine accepts no writes; what the memtable holds stays readable
+        // and its journal records are replayed on the next open.
+        if inner.memtable.unflushed_units() == 0 || inner.failure.lock().is_some() {
+            continue;
+        }
+        if let Err(error) = flush_memtable(&inner) {
+            tracing::error!(%error, "writing the memtable to the data file failed");
+        }
+    }
 }
 
 /// Commits a durable redb transaction that holds every commit through `durable_ts`, and starts
@@ -1036,6 +1156,7 @@ fn durable_marker(inner: &Inner, checkpoint: Option<bool>) -> Result<Timestamp, 
     if let Some(error) = inner.failure.lock().clone() {
         return Err(error);
     }
+    flush_memtable(inner)?;
     let state = *inner.timestamps.lock();
     let txn = begin(inner, true)?;
     {
@@ -1074,6 +1195,7 @@ fn durable_marker(inner: &Inner, checkpoint: Option<bool>) -> Result<Timestamp, 
 /// reader at or after it can see, tombstones that are the last version of their key, tables
 /// dropped before it, and oplog entries beyond the cap.
 fn collect_garbage(inner: &Inner) -> Result<usize, Error> {
+    flush_memtable(inner)?;
     let state = *inner.timestamps.lock();
     let window_start = Timestamp::new(
         inner
@@ -1238,6 +1360,7 @@ fn recover_to_stable(inner: &Inner) -> Result<Timestamp, Error> {
             ));
         }
     }
+    flush_memtable(inner)?;
     let txn = begin(inner, true)?;
     let mut oplog_bytes = state.oplog_bytes;
     let mut undone = 0u64;
@@ -1373,6 +1496,7 @@ fn delete_orphaned_tables(
 }
 
 fn truncate_oplog_after(inner: &Inner, after: Timestamp) -> Result<u64, Error> {
+    flush_memtable(inner)?;
     let state = *inner.timestamps.lock();
     let txn = begin(inner, true)?;
     let mut oplog_bytes = state.oplog_bytes;

@@ -98,6 +98,8 @@ pub(crate) struct Inner {
     pub active_units: std::sync::atomic::AtomicUsize,
     /// Journal records applied when the engine opened.
     pub journal_replayed_records: u64,
+    /// Committed batches not yet written to redb (`memtable`).
+    pub memtable: crate::memtable::Memtable,
 }
 
 impl Drop for Inner {
@@ -125,27 +127,37 @@ impl std::fmt::Debug for Inner {
     }
 }
 
-/// Stops the committer when the last engine handle goes away.
+/// Stops the background threads when the last engine handle goes away.
 struct Lifecycle {
     inner: Arc<Inner>,
-    committer: Mutex<Option<JoinHandle<()>>>,
+    committer: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
 }
 
 impl Drop for Lifecycle {
     fn drop(&mut self) {
         stop_committer(&self.inner, &self.committer);
+        if !self.inner.crashed.load(Ordering::SeqCst) {
+            // Dropped without `close`: closing redb makes its non-durable commits durable, so
+            // the memtable goes there first (as every commit did before the memtable).
+            let writer = self.inner.writer.lock();
+            if let Err(error) = committer::flush_memtable(&self.inner) {
+                tracing::error!(%error, "writing the memtable at shutdown failed");
+            }
+            drop(writer);
+        }
     }
 }
 
-fn stop_committer(inner: &Arc<Inner>, committer: &Mutex<Option<JoinHandle<()>>>) {
+fn stop_committer(inner: &Arc<Inner>, committer: &Mutex<Vec<JoinHandle<()>>>) {
     {
         let mut queue = inner.queue.lock();
         queue.shutdown = true;
         inner.queue_signal.notify_all();
     }
-    if let Some(handle) = committer.lock().take() {
-        // A panic in the committer has already been reported by the panic hook.
+    inner.memtable.wake_flusher();
+    for handle in std::mem::take(&mut *committer.lock()) {
+        // A panic in a background thread has already been reported by the panic hook.
         let _ = handle.join();
     }
 }
@@ -415,20 +427,26 @@ impl Engine {
             sync_wake: Condvar::new(),
             active_units: std::sync::atomic::AtomicUsize::new(0),
             journal_replayed_records: replay.records,
+            memtable: crate::memtable::Memtable::default(),
             clock,
             config,
         });
         let committer = match inner.config.commit_mode {
             CommitMode::Background => {
-                let thread_inner = inner.clone();
-                Some(
+                let periodic = inner.clone();
+                let flusher = inner.clone();
+                vec![
                     std::thread::Builder::new()
                         .name("cairn-storage-periodic".into())
-                        .spawn(move || committer::run_periodic(thread_inner))
+                        .spawn(move || committer::run_periodic(periodic))
                         .map_err(|error| storage_error("starting the committer", error))?,
-                )
+                    std::thread::Builder::new()
+                        .name("cairn-storage-flush".into())
+                        .spawn(move || committer::run_flusher(flusher))
+                        .map_err(|error| storage_error("starting the flusher", error))?,
+                ]
             }
-            CommitMode::Inline => None,
+            CommitMode::Inline => Vec::new(),
         };
         tracing::info!(
             visible = %Timestamp::from_u64(inner.visible.load(Ordering::Relaxed)),
@@ -658,6 +676,9 @@ impl Engine {
             journal_bytes: Counters::load(&c.journal_bytes),
             journal_syncs: Counters::load(&c.journal_syncs),
             journal_replayed_records: self.inner.journal_replayed_records,
+            memtable_flushes: Counters::load(&c.memtable_flushes),
+            memtable_units: self.inner.memtable.unflushed_units() as u64,
+            memtable_bytes: self.inner.memtable.unflushed_bytes() as u64,
             visible_ts: self.visible_timestamp(),
             stable_ts: timestamps.stable,
             oldest_ts: timestamps.oldest,

@@ -34,6 +34,7 @@ mod engine;
 mod format;
 mod journal;
 mod keylocks;
+mod memtable;
 mod pins;
 pub mod retry;
 mod snapshot;

@@ -6,12 +6,18 @@
 //! the current version if it is old enough, else the history entry whose
 //! `[start, stop)` interval contains the read timestamp.
 //!
+//! Commits not yet written to redb are in the memtable's layers (`memtable`): a snapshot takes
+//! the list of layers after its pin and before its redb read transaction, and resolves a key
+//! in the layers first (newest layer first), then in redb. Scans merge the layers' keys with
+//! redb's in key order.
+//!
 //! Dropping and re-opening a snapshot at the same read timestamp gives the same view (what a
 //! yielding query does), as long as the pin is kept or the timestamp stays within history.
 
 use crate::catalog::CollectionMeta;
 use crate::engine::{Inner, storage_error};
 use crate::format::{self, decode_version, history_key};
+use crate::memtable::Layer;
 use crate::pins::PinGuard;
 use crate::stats::Counters;
 use cairn_types::{Error, Namespace, Timestamp};
@@ -51,6 +57,8 @@ struct Tables {
 pub struct Snapshot {
     inner: Arc<Inner>,
     pin: PinGuard,
+    /// The memtable's layers as of the pin, oldest first.
+    layers: Vec<Arc<Layer>>,
     txn: redb::ReadTransaction,
     /// Table handles opened so far (`None`: the table does not exist in this snapshot).
     tables: RefCell<HashMap<u64, Option<Arc<Tables>>>>,
@@ -124,6 +132,8 @@ impl Snapshot {
             ReadAt::Latest => inner.pins.pin_latest(&inner.visible),
             ReadAt::Timestamp(ts) => inner.pins.pin_at(ts, &inner.visible)?,
         };
+        // After the pin and before the redb transaction (see `memtable`).
+        let layers = inner.memtable.view();
         let txn = inner
             .db
             .begin_read()
@@ -132,6 +142,7 @@ impl Snapshot {
         Ok(Snapshot {
             inner,
             pin,
+            layers,
             txn,
             tables: RefCell::new(HashMap::new()),
         })
@@ -167,6 +178,12 @@ impl Snapshot {
 
     /// The value of `key` in table `ident` as of the read timestamp.
     pub fn get(&self, ident: u64, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let read_ts = self.read_timestamp();
+        for layer in self.layers.iter().rev() {
+            if let Some(found) = layer.resolve(ident, key, read_ts) {
+                return Ok(found);
+            }
+        }
         let Some(tables) = self.tables(ident)? else {
             return Ok(None);
         };
@@ -194,21 +211,46 @@ impl Snapshot {
         range: (Bound<Vec<u8>>, Bound<Vec<u8>>),
         direction: ScanDirection,
     ) -> Result<ScanIter, Error> {
-        let Some(tables) = self.tables(ident)? else {
-            return Ok(ScanIter { state: None });
-        };
         let as_slices = (bound_as_slice(&range.0), bound_as_slice(&range.1));
         if range_is_empty(&as_slices) {
             return Ok(ScanIter { state: None });
         }
-        let inner = tables
-            .current
-            .range::<&[u8]>(as_slices)
-            .map_err(|error| storage_error("scanning", error))?;
+        let layers: Vec<Arc<Layer>> = self
+            .layers
+            .iter()
+            .filter(|layer| layer.has_table(ident))
+            .cloned()
+            .collect();
+        let memtable = (!layers.is_empty()).then(|| MemtableKeys {
+            layers,
+            ident,
+            lower: range.0.clone(),
+            upper: range.1.clone(),
+            next: None,
+            done: false,
+        });
+        let tables = self.tables(ident)?;
+        if tables.is_none() && memtable.is_none() {
+            return Ok(ScanIter { state: None });
+        }
+        let (redb_range, history) = match &tables {
+            Some(tables) => (
+                Some(
+                    tables
+                        .current
+                        .range::<&[u8]>(as_slices)
+                        .map_err(|error| storage_error("scanning", error))?,
+                ),
+                self.history(ident, tables)?,
+            ),
+            None => (None, None),
+        };
         Ok(ScanIter {
             state: Some(ScanState {
-                range: inner,
-                history: self.history(ident, &tables)?,
+                range: redb_range,
+                peeked: None,
+                memtable,
+                history,
                 read_ts: self.read_timestamp(),
                 direction,
             }),
@@ -274,15 +316,31 @@ impl Snapshot {
                 return Ok(OplogIter {
                     range: None,
                     direction,
+                    peeked: None,
+                    memtable: None,
                 });
             }
         }
         let range = table
             .range::<u64>((lower, upper))
             .map_err(|error| storage_error("scanning the oplog", error))?;
+        let layers: Vec<Arc<Layer>> = self
+            .layers
+            .iter()
+            .filter(|layer| layer.has_oplog())
+            .cloned()
+            .collect();
         Ok(OplogIter {
             range: Some(range),
             direction,
+            peeked: None,
+            memtable: (!layers.is_empty()).then_some(MemtableOplog {
+                layers,
+                lower,
+                upper,
+                next: None,
+                done: false,
+            }),
         })
     }
 }
@@ -305,11 +363,91 @@ fn range_is_empty(range: &(Bound<&[u8]>, Bound<&[u8]>)) -> bool {
     }
 }
 
+/// The keys of a scan's range in the memtable's layers, in scan order, each once.
+struct MemtableKeys {
+    /// The layers that have the table, oldest first.
+    layers: Vec<Arc<Layer>>,
+    ident: u64,
+    /// What is left of the range: the side behind the scan moves past each key returned.
+    lower: Bound<Vec<u8>>,
+    upper: Bound<Vec<u8>>,
+    next: Option<Vec<u8>>,
+    done: bool,
+}
+
+impl MemtableKeys {
+    /// The next key in scan order across the layers (looked up again after each key taken:
+    /// the active layer may gain keys meanwhile, all with versions newer than the read
+    /// timestamp, which resolve to nothing).
+    fn peek(&mut self, forward: bool) -> Option<&Vec<u8>> {
+        if self.next.is_none() && !self.done {
+            let lower = bound_as_slice(&self.lower);
+            let upper = bound_as_slice(&self.upper);
+            self.next = self
+                .layers
+                .iter()
+                .filter_map(|layer| layer.next_key(self.ident, lower, upper, forward))
+                .reduce(|a, b| match (forward, a <= b) {
+                    (true, true) | (false, false) => a,
+                    _ => b,
+                });
+            self.done = self.next.is_none();
+        }
+        self.next.as_ref()
+    }
+
+    fn take(&mut self, forward: bool) -> Vec<u8> {
+        let key = self.next.take().expect("peeked first");
+        if forward {
+            self.lower = Bound::Excluded(key.clone());
+        } else {
+            self.upper = Bound::Excluded(key.clone());
+        }
+        key
+    }
+
+    /// `key`'s version at `read_ts` in the layers (newest first); `None`: redb decides.
+    fn resolve(&self, key: &[u8], read_ts: Timestamp) -> Option<Option<Vec<u8>>> {
+        self.layers
+            .iter()
+            .rev()
+            .find_map(|layer| layer.resolve(self.ident, key, read_ts))
+    }
+}
+
+/// A key and its stored version, read from redb.
+type RawEntry = (Vec<u8>, Vec<u8>);
+
 struct ScanState {
-    range: redb::Range<'static, &'static [u8], &'static [u8]>,
+    /// `None`: the table is not (yet) in redb.
+    range: Option<redb::Range<'static, &'static [u8], &'static [u8]>>,
+    /// The next redb entry, read ahead to merge with the memtable's keys.
+    peeked: Option<RawEntry>,
+    memtable: Option<MemtableKeys>,
     history: Option<Arc<RawTable>>,
     read_ts: Timestamp,
     direction: ScanDirection,
+}
+
+impl ScanState {
+    fn peek_redb(&mut self) -> Result<Option<&RawEntry>, Error> {
+        if self.peeked.is_none() {
+            if let Some(range) = self.range.as_mut() {
+                let entry = match self.direction {
+                    ScanDirection::Forward => range.next(),
+                    ScanDirection::Backward => range.next_back(),
+                };
+                match entry {
+                    Some(Ok((key, value))) => {
+                        self.peeked = Some((key.value().to_vec(), value.value().to_vec()));
+                    }
+                    Some(Err(error)) => return Err(storage_error("scanning", error)),
+                    None => self.range = None,
+                }
+            }
+        }
+        Ok(self.peeked.as_ref())
+    }
 }
 
 /// Iterates visible key-value pairs of a scan.
@@ -322,22 +460,51 @@ impl Iterator for ScanIter {
 
     fn next(&mut self) -> Option<Self::Item> {
         let state = self.state.as_mut()?;
+        let forward = state.direction == ScanDirection::Forward;
         loop {
-            let entry = match state.direction {
-                ScanDirection::Forward => state.range.next(),
-                ScanDirection::Backward => state.range.next_back(),
-            }?;
-            let (key, value) = match entry {
-                Ok(pair) => pair,
-                Err(error) => return Some(Err(storage_error("scanning", error))),
+            let redb_key = match state.peek_redb() {
+                Ok(entry) => entry.map(|(key, _)| key.clone()),
+                Err(error) => return Some(Err(error)),
             };
-            match resolve(
-                state.history.as_deref(),
-                key.value(),
-                value.value(),
-                state.read_ts,
-            ) {
-                Ok(Some(payload)) => return Some(Ok((key.value().to_vec(), payload))),
+            let memtable_key = state
+                .memtable
+                .as_mut()
+                .and_then(|memtable| memtable.peek(forward).cloned());
+            let from_memtable = match (&memtable_key, &redb_key) {
+                (None, None) => return None,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some(memtable), Some(redb)) => {
+                    if forward {
+                        memtable <= redb
+                    } else {
+                        memtable >= redb
+                    }
+                }
+            };
+            let (key, redb_value) = if from_memtable {
+                let memtable = state.memtable.as_mut().expect("a memtable key was peeked");
+                let key = memtable.take(forward);
+                if let Some(found) = memtable.resolve(&key, state.read_ts) {
+                    if redb_key.as_ref() == Some(&key) {
+                        state.peeked = None;
+                    }
+                    match found {
+                        Some(value) => return Some(Ok((key, value))),
+                        None => continue,
+                    }
+                }
+                if redb_key.as_ref() != Some(&key) {
+                    // Only versions newer than the read timestamp, and none in redb.
+                    continue;
+                }
+                let (_, value) = state.peeked.take().expect("peeked above");
+                (key, value)
+            } else {
+                state.peeked.take().expect("peeked above")
+            };
+            match resolve(state.history.as_deref(), &key, &redb_value, state.read_ts) {
+                Ok(Some(payload)) => return Some(Ok((key, payload))),
                 Ok(None) => continue,
                 Err(error) => return Some(Err(error)),
             }
@@ -345,25 +512,102 @@ impl Iterator for ScanIter {
     }
 }
 
+/// The oplog entries of a scan's range in the memtable's layers.
+struct MemtableOplog {
+    layers: Vec<Arc<Layer>>,
+    lower: Bound<u64>,
+    upper: Bound<u64>,
+    next: Option<(u64, Vec<u8>)>,
+    done: bool,
+}
+
+impl MemtableOplog {
+    fn peek(&mut self, forward: bool) -> Option<u64> {
+        if self.next.is_none() && !self.done {
+            self.next = self
+                .layers
+                .iter()
+                .filter_map(|layer| layer.next_oplog(self.lower, self.upper, forward))
+                .reduce(|a, b| match (forward, a.0 <= b.0) {
+                    (true, true) | (false, false) => a,
+                    _ => b,
+                });
+            self.done = self.next.is_none();
+        }
+        self.next.as_ref().map(|(ts, _)| *ts)
+    }
+
+    fn take(&mut self, forward: bool) -> (u64, Vec<u8>) {
+        let entry = self.next.take().expect("peeked first");
+        if forward {
+            self.lower = Bound::Excluded(entry.0);
+        } else {
+            self.upper = Bound::Excluded(entry.0);
+        }
+        entry
+    }
+}
+
 /// Iterates oplog entries: `(timestamp, BSON bytes)`.
 pub struct OplogIter {
     range: Option<redb::Range<'static, u64, &'static [u8]>>,
     direction: ScanDirection,
+    peeked: Option<(u64, Vec<u8>)>,
+    memtable: Option<MemtableOplog>,
 }
 
 impl Iterator for OplogIter {
     type Item = Result<(Timestamp, Vec<u8>), Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let range = self.range.as_mut()?;
-        let entry = match self.direction {
-            ScanDirection::Forward => range.next(),
-            ScanDirection::Backward => range.next_back(),
-        }?;
-        Some(
-            entry
-                .map(|(key, value)| (Timestamp::from_u64(key.value()), value.value().to_vec()))
-                .map_err(|error| storage_error("reading the oplog", error)),
-        )
+        let forward = self.direction == ScanDirection::Forward;
+        if self.peeked.is_none() {
+            if let Some(range) = self.range.as_mut() {
+                let entry = if forward {
+                    range.next()
+                } else {
+                    range.next_back()
+                };
+                match entry {
+                    Some(Ok((key, value))) => {
+                        self.peeked = Some((key.value(), value.value().to_vec()));
+                    }
+                    Some(Err(error)) => {
+                        return Some(Err(storage_error("reading the oplog", error)));
+                    }
+                    None => self.range = None,
+                }
+            }
+        }
+        let redb_ts = self.peeked.as_ref().map(|(ts, _)| *ts);
+        let memtable_ts = self
+            .memtable
+            .as_mut()
+            .and_then(|memtable| memtable.peek(forward));
+        let from_memtable = match (memtable_ts, redb_ts) {
+            (None, None) => return None,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some(memtable), Some(redb)) => {
+                if memtable == redb {
+                    // A layer being retired: the same entry in both.
+                    self.peeked = None;
+                }
+                if forward {
+                    memtable <= redb
+                } else {
+                    memtable >= redb
+                }
+            }
+        };
+        let (ts, bytes) = if from_memtable {
+            self.memtable
+                .as_mut()
+                .expect("a memtable entry was peeked")
+                .take(forward)
+        } else {
+            self.peeked.take().expect("peeked above")
+        };
+        Some(Ok((Timestamp::from_u64(ts), bytes)))
     }
 }

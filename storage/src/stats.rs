@@ -25,6 +25,7 @@ pub(crate) struct Counters {
     pub journal_records: AtomicU64,
     pub journal_bytes: AtomicU64,
     pub journal_syncs: AtomicU64,
+    pub memtable_flushes: AtomicU64,
 }
 
 impl Counters {
@@ -65,6 +66,11 @@ pub struct EngineStats {
     pub journal_syncs: u64,
     /// Records applied from the journal when the engine opened (crash recovery).
     pub journal_replayed_records: u64,
+    /// redb transactions that wrote memtable layers, and the units of work and bytes that are
+    /// committed but not yet written to redb.
+    pub memtable_flushes: u64,
+    pub memtable_units: u64,
+    pub memtable_bytes: u64,
     pub visible_ts: cairn_types::Timestamp,
     pub stable_ts: cairn_types::Timestamp,
     pub oldest_ts: cairn_types::Timestamp,
@@ -94,6 +100,9 @@ impl EngineStats {
             "journalBytes": self.journal_bytes as i64,
             "journalSyncs": self.journal_syncs as i64,
             "journalRecordsReplayed": self.journal_replayed_records as i64,
+            "memtableFlushes": self.memtable_flushes as i64,
+            "memtableUnits": self.memtable_units as i64,
+            "memtableBytes": self.memtable_bytes as i64,
             "writeConflicts": self.write_conflicts as i64,
             "writeConflictWaits": self.write_conflict_waits as i64,
             "versionsWritten": self.versions_written as i64,
