@@ -224,15 +224,20 @@ pub(crate) fn sync_journal_if_due(inner: &Inner) {
 pub(crate) struct SyncGroup {
     awaiting: AwaitingSync,
     syncer: bool,
+    /// A group's fdatasync is running. The next group keeps forming until it ends: it could
+    /// not sync before anyway (one fdatasync at a time), and everyone who commits meanwhile
+    /// shares its fdatasync instead of queueing one of their own behind it.
+    in_flight: bool,
 }
 
 /// Group commit of the journal. The waiters of a batch join the current group; the first
 /// leader to find no syncer makes one: itself when it waits for the sync too (a `j: true` commit
 /// of its own), otherwise the first waiter of the group, woken to do it (so that a `j: false`
-/// caller never waits for others' fdatasync). The syncer runs the fdatasync once no more
-/// records are coming soon (no unit of work is being prepared and no batch is queued or
-/// running), once `SYNC_GROUP_ENOUGH` wait, or once the oldest has waited `SYNC_DEFER_MAX`: one
-/// fdatasync then covers every batch applied meanwhile. A lone writer syncs at once.
+/// caller never waits for others' fdatasync). While the previous group's fdatasync runs, the
+/// group only grows; then the syncer runs its fdatasync once no more records are coming soon
+/// (no unit of work is being prepared and no batch is queued or running), once
+/// `SYNC_GROUP_ENOUGH` wait, or once the oldest has waited `SYNC_DEFER_MAX`: one fdatasync then
+/// covers every batch applied meanwhile. A lone writer syncs at once.
 /// (PostgreSQL's `commit_delay` with `commit_siblings`, decided by what is in flight.)
 fn settle_sync(inner: &Inner, awaiting: AwaitingSync, own: usize) {
     let mut group = inner.sync_group.lock();
@@ -282,17 +287,26 @@ pub(crate) fn run_syncer(inner: &Inner) {
     // Real time, not the engine's clock: this bounds a wait of real threads, and decides only
     // when an fdatasync runs, never what it makes durable.
     let deadline = since + SYNC_DEFER_MAX;
-    while group.awaiting.commits.len() + group.awaiting.flushes.len() < SYNC_GROUP_ENOUGH
-        && more_records_coming(inner)
-    {
-        if inner.sync_wake.wait_until(&mut group, deadline).timed_out() {
+    loop {
+        if group.in_flight {
+            inner.sync_wake.wait(&mut group);
+            continue;
+        }
+        if group.awaiting.commits.len() + group.awaiting.flushes.len() >= SYNC_GROUP_ENOUGH
+            || !more_records_coming(inner)
+            || std::time::Instant::now() >= deadline
+        {
             break;
         }
+        inner.sync_wake.wait_until(&mut group, deadline);
     }
     let all = std::mem::take(&mut group.awaiting);
     group.syncer = false;
+    group.in_flight = true;
     drop(group);
     finish_sync(inner, all);
+    inner.sync_group.lock().in_flight = false;
+    inner.sync_wake.notify_all();
 }
 
 /// Whether a journal record is likely to be appended soon: a unit of work is being prepared,
