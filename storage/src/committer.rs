@@ -1,13 +1,15 @@
 //! The committer: the only writer of redb.
 //!
-//! It takes queued jobs in order. Consecutive commits form one batch and one redb write
-//! transaction (group commit): timestamps are assigned in queue order, every write moves the
-//! version it replaces into history and is logged in the write log, oplog entries are stamped
-//! and stored. The batch commits to redb non-durably and its journal record is appended (or,
-//! every `data_sync_interval_ms`, it commits durably and the journal starts over). Only then
-//! does the batch become visible: catalog mirror first, then the visible timestamp, then the
-//! key claims are released and the committers told; `j: true` committers once the journal is
-//! synced through their record (`settle_sync`).
+//! It takes queued jobs in order. Consecutive commits form one batch (group commit):
+//! timestamps are assigned in queue order and oplog entries are stamped. The batch's journal
+//! record is appended and the batch joins the memtable (`memtable`); only then does it become
+//! visible: catalog mirror first, then the visible timestamp, then the key claims are released
+//! and the committers told; `j: true` committers once the journal is synced through their
+//! record (`settle_sync`). The flusher (`flush_memtable`) writes the memtable's batches to redb
+//! in one transaction: every write moves the version it replaces into history and is logged in
+//! the write log, oplog entries are stored. The periodic durable commit (every
+//! `data_sync_interval_ms`) drains the memtable, commits redb durably, and the journal starts
+//! over.
 //!
 //! Invariants (asserted): commit timestamps strictly increase; a new version's timestamp is
 //! greater than the version it replaces; undo in `recover_to_stable` finds each logged version

@@ -2,9 +2,9 @@
 //! the committer.
 //!
 //! Timestamps (all [`Timestamp`]s, see docs/storage.md):
-//! - *visible*: the newest commit a new snapshot sees. Published only after the redb commit that
-//!   holds it, and after the catalog mirror has its catalog changes; never moves backwards except
-//!   in `recover_to_stable_timestamp`.
+//! - *visible*: the newest commit a new snapshot sees. Published only after the memtable (or a
+//!   redb commit) holds it and its journal record is appended, and after the catalog mirror has
+//!   its catalog changes; never moves backwards except in `recover_to_stable_timestamp`.
 //! - *stable*: the newest timestamp that must survive a rollback (the majority commit point, set
 //!   by replication; until then it follows the newest commit). Never ahead of *visible*.
 //! - *oldest*: history older than it may be discarded; never passes a pinned read timestamp,
