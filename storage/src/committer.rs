@@ -96,8 +96,13 @@ impl AwaitingSync {
     }
 }
 
-/// Journal records buffered in memory beyond this are written out by the next leader.
+/// Journal records buffered in memory beyond this are written out by the next leader (a
+/// backstop: the flusher thread writes them out from `JOURNAL_WRITE_OUT_BYTES`).
 const JOURNAL_BUFFER_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// The flusher thread writes buffered journal records out (without an fdatasync) once they
+/// pass this, so that committing threads rarely pay for the write.
+const JOURNAL_WRITE_OUT_BYTES: usize = 256 * 1024;
 
 /// Longest a `j: true` commit's journal sync waits for more batches to share its fdatasync.
 const SYNC_DEFER_MAX: Duration = Duration::from_micros(1_000);
@@ -1118,7 +1123,8 @@ pub(crate) fn flush_memtable(inner: &Inner) -> Result<(), Error> {
 }
 
 /// The flusher thread: writes the memtable to redb when asked (a full active layer) and at
-/// least every `FLUSH_INTERVAL_MS`.
+/// least every `FLUSH_INTERVAL_MS`, and buffered journal records to the journal file once they
+/// pass `JOURNAL_WRITE_OUT_BYTES`.
 pub(crate) fn run_flusher(inner: Arc<Inner>) {
     let interval = Duration::from_millis(crate::memtable::FLUSH_INTERVAL_MS);
     loop {
@@ -1134,7 +1140,19 @@ pub(crate) fn run_flusher(inner: Arc<Inner>) {
         }
         // After a failure the engine accepts no writes; what the memtable holds stays readable
         // and its journal records are replayed on the next open.
-        if inner.memtable.unflushed_units() == 0 || inner.failure.lock().is_some() {
+        if inner.failure.lock().is_some() {
+            continue;
+        }
+        if inner.journal.buffered_bytes() >= JOURNAL_WRITE_OUT_BYTES {
+            if let Err(error) = inner
+                .journal
+                .sync_through(inner.journal.written_lsn(), false)
+            {
+                record_failure(&inner, &error);
+                continue;
+            }
+        }
+        if inner.memtable.unflushed_units() == 0 {
             continue;
         }
         if let Err(error) = flush_memtable(&inner) {
