@@ -461,6 +461,31 @@ impl Iterator for ScanIter {
     fn next(&mut self) -> Option<Self::Item> {
         let state = self.state.as_mut()?;
         let forward = state.direction == ScanDirection::Forward;
+        if state.memtable.is_none() && state.peeked.is_none() {
+            // Nothing to merge (the memtable has no version in this table): straight from redb.
+            let range = state.range.as_mut()?;
+            loop {
+                let entry = if forward {
+                    range.next()
+                } else {
+                    range.next_back()
+                }?;
+                let (key, value) = match entry {
+                    Ok(pair) => pair,
+                    Err(error) => return Some(Err(storage_error("scanning", error))),
+                };
+                match resolve(
+                    state.history.as_deref(),
+                    key.value(),
+                    value.value(),
+                    state.read_ts,
+                ) {
+                    Ok(Some(payload)) => return Some(Ok((key.value().to_vec(), payload))),
+                    Ok(None) => continue,
+                    Err(error) => return Some(Err(error)),
+                }
+            }
+        }
         loop {
             let redb_key = match state.peek_redb() {
                 Ok(entry) => entry.map(|(key, _)| key.clone()),
