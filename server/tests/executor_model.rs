@@ -45,9 +45,31 @@ const DB: &str = "model";
 fn node() -> &'static Node {
     static NODE: OnceLock<Node> = OnceLock::new();
     NODE.get_or_init(|| {
+        // A static is never dropped, so this node's directory outlives the test process: it
+        // goes under the target directory (cleaned with it, not left in /tmp), and directories
+        // that earlier runs left there are removed first.
+        let parent = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+        if let Ok(entries) = std::fs::read_dir(parent) {
+            for entry in entries.flatten() {
+                let stale = entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("cairn-executor-model-")
+                    && entry
+                        .metadata()
+                        .and_then(|metadata| metadata.modified())
+                        .is_ok_and(|modified| {
+                            modified.elapsed().unwrap_or_default()
+                                > std::time::Duration::from_secs(3600)
+                        });
+                if stale {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
         let dir = tempfile::Builder::new()
             .prefix("cairn-executor-model-")
-            .tempdir()
+            .tempdir_in(parent)
             .expect("a temporary directory");
         let node = Node::open(NodeConfig {
             dbpath: dir.path().to_path_buf(),
