@@ -198,9 +198,16 @@ pub(crate) fn lead(inner: &Inner, own: usize) {
 }
 
 /// After a run of `j: false` commits, writes their buffered journal records out (without an
-/// fdatasync) once they pass `JOURNAL_BUFFER_BYTES_MAX`, so that the buffer stays small.
+/// fdatasync) once they pass `JOURNAL_BUFFER_BYTES_MAX`, so that the buffer stays small (the
+/// flusher thread usually has, from `JOURNAL_WRITE_OUT_BYTES`).
 pub(crate) fn write_out_large_buffer(inner: &Inner) {
-    if inner.journal.buffered_bytes() >= JOURNAL_BUFFER_BYTES_MAX {
+    write_out_journal(inner, JOURNAL_BUFFER_BYTES_MAX);
+}
+
+/// Writes buffered journal records out, without an fdatasync, once they pass `min_bytes`. A
+/// failed write is the engine's failure (see `Journal`: a journal error sticks).
+fn write_out_journal(inner: &Inner, min_bytes: usize) {
+    if inner.journal.buffered_bytes() >= min_bytes {
         if let Err(error) = inner
             .journal
             .sync_through(inner.journal.written_lsn(), false)
@@ -462,15 +469,14 @@ pub(crate) fn process(inner: &Inner, jobs: Vec<Job>) -> AwaitingSync {
         commit_batch(inner, commits, &mut awaiting);
         let memtable = &inner.memtable;
         let inline = inner.config.commit_mode == crate::config::CommitMode::Inline;
-        if memtable.unflushed_bytes() > crate::memtable::MEMTABLE_BYTES_MAX
-            || (inline && memtable.flush_due())
-        {
+        let due = memtable.flush_due();
+        if memtable.unflushed_bytes() > crate::memtable::MEMTABLE_BYTES_MAX || (inline && due) {
             // The flusher fell behind (or there is none): the leader writes the memtable
             // itself, which holds back further commits until it is done.
             if let Err(error) = flush_memtable(inner) {
                 tracing::error!(%error, "writing the memtable to the data file failed");
             }
-        } else if memtable.flush_due() {
+        } else if due {
             memtable.wake_flusher();
         }
     }
@@ -1143,16 +1149,8 @@ pub(crate) fn run_flusher(inner: Arc<Inner>) {
         if inner.failure.lock().is_some() {
             continue;
         }
-        if inner.journal.buffered_bytes() >= JOURNAL_WRITE_OUT_BYTES {
-            if let Err(error) = inner
-                .journal
-                .sync_through(inner.journal.written_lsn(), false)
-            {
-                record_failure(&inner, &error);
-                continue;
-            }
-        }
-        if inner.memtable.unflushed_units() == 0 {
+        write_out_journal(&inner, JOURNAL_WRITE_OUT_BYTES);
+        if inner.memtable.unflushed_units() == 0 || inner.failure.lock().is_some() {
             continue;
         }
         if let Err(error) = flush_memtable(&inner) {

@@ -94,7 +94,8 @@ fn is_empty_range<K: Ord + ?Sized>(lower: &Bound<&K>, upper: &Bound<&K>) -> bool
 }
 
 impl Layer {
-    fn add(&self, batch: PendingBatch) {
+    /// Adds a batch; returns the bytes of values, keys and oplog entries it added.
+    fn add(&self, batch: PendingBatch) -> usize {
         let mut data = self.data.write();
         let batch_index = data.batches.len() as u32;
         let mut bytes = 0;
@@ -136,6 +137,7 @@ impl Layer {
         data.units += batch.units.len();
         data.bytes += bytes;
         data.batches.push(batch);
+        bytes
     }
 
     fn is_empty(&self) -> bool {
@@ -144,10 +146,6 @@ impl Layer {
 
     fn units(&self) -> usize {
         self.data.read().units
-    }
-
-    fn bytes(&self) -> usize {
-        self.data.read().bytes
     }
 
     /// Whether this layer has versions in table `ident`.
@@ -273,10 +271,10 @@ impl Memtable {
     pub(crate) fn add(&self, batch: PendingBatch) {
         let units = batch.units.len();
         let layers = self.layers.lock();
-        let active = layers.last().expect("there is always an active layer");
-        let before = active.bytes();
-        active.add(batch);
-        let added = active.bytes() - before;
+        let added = layers
+            .last()
+            .expect("there is always an active layer")
+            .add(batch);
         drop(layers);
         self.unflushed_units.fetch_add(units, Ordering::SeqCst);
         self.unflushed_bytes.fetch_add(added, Ordering::AcqRel);

@@ -857,3 +857,96 @@ fn the_oplog_is_capped_by_size_but_never_below_the_stable_timestamp() {
     assert_eq!(engine.stats().oplog_entries_truncated, 0);
     engine.close().unwrap();
 }
+
+/// An engine dropped without `close` writes what its memtable holds to redb before closing it
+/// (closing redb makes its non-durable commits durable): a `j: false` commit that no journal
+/// sync has reached survives the drop.
+#[test]
+fn an_engine_dropped_without_close_keeps_its_unflushed_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = cairn_storage::Backend::Disk(dir.path().join("db"));
+    let clock = clock();
+    {
+        let engine = open(&backend, &clock);
+        let mut unit = engine.begin_write();
+        unit.put(TABLE, &key(1), &value("unsynced")).unwrap();
+        unit.commit(Durability::Visible).unwrap();
+        // The clock does not move, so no periodic journal sync runs before the drop.
+    }
+    let engine = open(&backend, &clock);
+    let snapshot = engine.snapshot(ReadAt::Latest).unwrap();
+    assert_eq!(
+        snapshot.get(TABLE, &key(1)).unwrap(),
+        Some(value("unsynced"))
+    );
+    drop(snapshot);
+    engine.close().unwrap();
+}
+
+/// A batch that finds the journal full commits durably to redb itself; the batches still in
+/// the memtable, which are older, go to redb first, so versions land in commit order and a
+/// crash afterwards loses nothing acknowledged.
+#[test]
+fn a_batch_that_finds_the_journal_full_writes_the_memtable_first() {
+    let memory = cairn_storage::CrashableMemory::new();
+    let backend = cairn_storage::Backend::Crashable(memory.clone());
+    let clock = clock();
+    let config = cairn_storage::EngineConfig {
+        journal_bytes_max: 1,
+        ..common::config()
+    };
+    let engine = common::open_with(&backend, &clock, config.clone());
+    for round in 0..6 {
+        let mut unit = engine.begin_write();
+        unit.put(TABLE, &key(0), &value(&format!("v{round}")))
+            .unwrap();
+        unit.commit(Durability::Journaled).unwrap();
+        let snapshot = engine.snapshot(ReadAt::Latest).unwrap();
+        assert_eq!(
+            snapshot.get(TABLE, &key(0)).unwrap(),
+            Some(value(&format!("v{round}"))),
+            "round {round}"
+        );
+    }
+    let durable_commits = engine.stats().durable_commits;
+    assert!(durable_commits >= 3, "{durable_commits} durable commits");
+    engine.simulate_crash();
+    memory.crash();
+    let engine = common::open_with(&backend, &clock, config);
+    let snapshot = engine.snapshot(ReadAt::Latest).unwrap();
+    assert_eq!(snapshot.get(TABLE, &key(0)).unwrap(), Some(value("v5")));
+}
+
+/// A unit whose key was committed after its snapshot queues for the key (taken at once, as it
+/// is free) and retries owning it, with a new snapshot, instead of retrying with backoff and
+/// competing for the key again.
+#[test]
+fn a_key_committed_after_the_snapshot_is_claimed_through_its_queue() {
+    let clock = clock();
+    let engine = open(&cairn_storage::Backend::Memory, &clock);
+    let waits_before = engine.stats().write_conflict_waits;
+    let mut attempts = 0;
+    let options = RetryOptions {
+        durability: Durability::Visible,
+        deadline: None,
+        check_interrupt: &mut || Ok(()),
+        give_up_on_conflict: false,
+    };
+    write_conflict_retry(&engine, options, |unit| {
+        attempts += 1;
+        if attempts == 1 {
+            // Another writer commits the key after this attempt's snapshot was taken.
+            let mut other = engine.begin_write();
+            other.put(TABLE, &key(7), &value("other")).unwrap();
+            other.commit(Durability::Visible).unwrap();
+        }
+        let current = unit.get_for_update(TABLE, &key(7))?;
+        assert_eq!(current, Some(value("other")).filter(|_| attempts > 1));
+        unit.put(TABLE, &key(7), &value("mine"))
+    })
+    .unwrap();
+    assert_eq!(attempts, 2);
+    assert_eq!(engine.stats().write_conflict_waits, waits_before + 1);
+    let snapshot = engine.snapshot(ReadAt::Latest).unwrap();
+    assert_eq!(snapshot.get(TABLE, &key(7)).unwrap(), Some(value("mine")));
+}
