@@ -31,7 +31,7 @@ struct Arguments {
     /// Also write the JSON lines to this file.
     #[arg(long)]
     json: Option<String>,
-    /// Run only workloads whose name contains this.
+    /// Run only workloads whose name contains this (or one of these, separated by commas).
     #[arg(long)]
     workload: Option<String>,
     /// Run only systems whose name contains this.
@@ -57,7 +57,7 @@ impl Settings {
     pub fn wants_workload(&self, name: &str) -> bool {
         self.workload
             .as_deref()
-            .is_none_or(|filter| name.contains(filter))
+            .is_none_or(|filter| filter.split(',').any(|part| name.contains(part)))
     }
 
     /// Whether a system passes the `--system` filter.

@@ -42,8 +42,17 @@ struct CrashState {
 #[derive(Debug, Clone)]
 pub struct CrashableMemory {
     state: Arc<Mutex<CrashState>>,
-    /// The journal's image (`None` in the journal image itself).
-    journal: Option<Arc<Mutex<CrashState>>>,
+    /// The images of the two journal files (none in a journal image itself).
+    journals: Vec<Arc<Mutex<CrashState>>>,
+    /// Whether this image's syncs are held ([`CrashableMemory::hold_data_syncs`]), and how
+    /// many are waiting.
+    hold: Arc<(Mutex<SyncHold>, parking_lot::Condvar)>,
+}
+
+#[derive(Debug, Default)]
+struct SyncHold {
+    held: bool,
+    waiting: u64,
 }
 
 impl Default for CrashableMemory {
@@ -89,23 +98,41 @@ impl CrashableMemory {
     pub fn new() -> CrashableMemory {
         CrashableMemory {
             state: Arc::default(),
-            journal: Some(Arc::default()),
+            journals: (0..crate::journal::JOURNAL_FILE_NAMES.len())
+                .map(|_| Arc::default())
+                .collect(),
+            hold: Arc::default(),
         }
     }
 
-    /// The journal's image, crashed together with the data's.
-    pub(crate) fn journal_image(&self) -> CrashableMemory {
+    /// From now until the next simulated crash the data file's syncs never complete: the
+    /// thread that asks for one waits for good, as if the power went out while the disk was
+    /// writing, and the crash finds what was being synced not on disk. (The journal's syncs go
+    /// on.)
+    pub fn hold_data_syncs(&self) {
+        self.hold.0.lock().held = true;
+    }
+
+    /// Waits until a sync of the data file is held ([`CrashableMemory::hold_data_syncs`]).
+    pub fn wait_for_a_held_sync(&self) {
+        let (lock, signal) = &*self.hold;
+        let mut hold = lock.lock();
+        while hold.waiting == 0 {
+            signal.wait(&mut hold);
+        }
+    }
+
+    /// The image of journal file `index`, crashed together with the data's.
+    pub(crate) fn journal_image(&self, index: usize) -> CrashableMemory {
         CrashableMemory {
-            state: self
-                .journal
-                .clone()
-                .expect("the journal image has no journal of its own"),
-            journal: None,
+            state: self.journals[index].clone(),
+            journals: Vec::new(),
+            hold: Arc::default(),
         }
     }
 
     fn images(&self) -> impl Iterator<Item = &Arc<Mutex<CrashState>>> {
-        std::iter::once(&self.state).chain(self.journal.as_ref())
+        std::iter::once(&self.state).chain(self.journals.iter())
     }
 
     /// Simulates a power loss: the live images become the durable ones; nothing unsynced
@@ -114,6 +141,12 @@ impl CrashableMemory {
         for image in self.images() {
             image.lock().crash();
         }
+        self.release_held_syncs();
+    }
+
+    /// After a crash, syncs complete again; one that was held never does.
+    fn release_held_syncs(&self) {
+        self.hold.0.lock().held = false;
     }
 
     /// Simulates a power loss that persisted a random part of the unsynced writes (of the data
@@ -123,8 +156,9 @@ impl CrashableMemory {
         for (index, image) in self.images().enumerate() {
             image
                 .lock()
-                .crash_torn(seed.wrapping_add(index as u64 * 0x9E37_79B9_7F4A_7C15));
+                .crash_torn(seed.wrapping_add((index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
         }
+        self.release_held_syncs();
     }
 
     /// Number of `sync_data` calls so far, data file and journal (each is one fsync on a real
@@ -160,6 +194,17 @@ impl redb::StorageBackend for CrashableMemory {
     }
 
     fn sync_data(&self) -> Result<(), std::io::Error> {
+        {
+            let (lock, signal) = &*self.hold;
+            let mut hold = lock.lock();
+            if hold.held {
+                hold.waiting += 1;
+                signal.notify_all();
+                loop {
+                    signal.wait(&mut hold);
+                }
+            }
+        }
         let mut state = self.state.lock();
         state.durable = state.live.clone();
         state.unsynced.clear();
@@ -180,41 +225,47 @@ impl redb::StorageBackend for CrashableMemory {
     }
 }
 
-/// The journal's file for a backend: `<dbpath>/cairn.journal` on disk (created and made to
-/// survive a crash on first use), fresh memory, or the crashable memory's journal image.
-pub(crate) fn open_journal_file(backend: &Backend) -> Result<crate::journal::JournalFile, Error> {
-    match backend {
-        Backend::Disk(dbpath) => {
-            let path = dbpath.join(crate::journal::JOURNAL_FILE_NAME);
-            let existed = path.exists();
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(|error| {
-                    Error::new(
-                        ErrorCode::InternalError,
-                        format!("cannot open the journal {}: {error}", path.display()),
-                    )
-                })?;
-            if !existed {
-                // The new file's directory entry must survive a crash as the file's contents do.
-                std::fs::File::open(dbpath)
-                    .and_then(|directory| directory.sync_all())
+/// The journal's two files for a backend (see [`crate::journal`]): `<dbpath>/cairn.journal.0`
+/// and `.1` on disk (created, and made to survive a crash, on first use), fresh memory, or the
+/// crashable memory's journal images.
+pub(crate) fn open_journal_files(
+    backend: &Backend,
+) -> Result<[crate::journal::JournalFile; 2], Error> {
+    let open = |index: usize| -> Result<crate::journal::JournalFile, Error> {
+        match backend {
+            Backend::Disk(dbpath) => {
+                let path = dbpath.join(crate::journal::JOURNAL_FILE_NAMES[index]);
+                let existed = path.exists();
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)
                     .map_err(|error| {
                         Error::new(
                             ErrorCode::InternalError,
-                            format!("cannot sync the dbpath {}: {error}", dbpath.display()),
+                            format!("cannot open the journal {}: {error}", path.display()),
                         )
                     })?;
+                if !existed {
+                    // The new file's directory entry must survive a crash as its contents do.
+                    std::fs::File::open(dbpath)
+                        .and_then(|directory| directory.sync_all())
+                        .map_err(|error| {
+                            Error::new(
+                                ErrorCode::InternalError,
+                                format!("cannot sync the dbpath {}: {error}", dbpath.display()),
+                            )
+                        })?;
+                }
+                Ok(Box::new(DiskFile(file)))
             }
-            Ok(Box::new(DiskFile(file)))
+            Backend::Memory => Ok(Box::new(redb::backends::InMemoryBackend::new())),
+            Backend::Crashable(memory) => Ok(Box::new(memory.journal_image(index))),
         }
-        Backend::Memory => Ok(Box::new(redb::backends::InMemoryBackend::new())),
-        Backend::Crashable(memory) => Ok(Box::new(memory.journal_image())),
-    }
+    };
+    Ok([open(0)?, open(1)?])
 }
 
 /// A plain file behind redb's storage-backend interface (no locking: the data file's lock

@@ -411,9 +411,7 @@ pub(crate) fn run_periodic(inner: Arc<Inner>) {
         if let Some(writeback) = &inner.writeback {
             writeback.start();
         }
-        let writer = inner.writer.lock();
         behind = periodic(&inner);
-        drop(writer);
         if behind {
             std::thread::yield_now();
         }
@@ -501,9 +499,10 @@ fn run_job(inner: &Inner, job: Job) {
     }
 }
 
-/// The periodic work that is due under the writer mutex: the data's durable commit, garbage
-/// collection, checkpoint. (The journal's sync runs before, without the mutex:
-/// [`sync_journal_if_due`].) Returns true when garbage collection is behind (its pass was full).
+/// The periodic work that is due: the data's durable commit or the checkpoint
+/// ([`background_durable_commit`]), then garbage collection ([`collect_garbage`]), both made
+/// while commits go on. (The journal's sync runs before: [`sync_journal_if_due`].) Returns true
+/// when garbage collection is behind (its pass was full).
 pub(crate) fn periodic(inner: &Inner) -> bool {
     if inner.failure.lock().is_some() {
         return false;
@@ -511,12 +510,14 @@ pub(crate) fn periodic(inner: &Inner) -> bool {
     let mut behind = false;
     let now = inner.clock.monotonic();
     let state = *inner.timestamps.lock();
-    if state.dirty
+    let checkpoint_due = now.saturating_sub(state.last_checkpoint_at)
+        >= Duration::from_secs(inner.config.checkpoint_interval_secs);
+    let sync_due = state.dirty
         && now.saturating_sub(state.last_durable_at)
-            >= Duration::from_millis(inner.config.data_sync_interval_ms)
-    {
-        if let Err(error) = durable_marker(inner, None) {
-            tracing::error!(%error, "durable commit failed");
+            >= Duration::from_millis(inner.config.data_sync_interval_ms);
+    if checkpoint_due || sync_due {
+        if let Err(error) = background_durable_commit(inner, checkpoint_due) {
+            tracing::error!(%error, checkpoint = checkpoint_due, "durable commit failed");
         }
     }
     if now.saturating_sub(state.last_gc_at) >= Duration::from_millis(inner.config.gc_interval_ms) {
@@ -525,14 +526,96 @@ pub(crate) fn periodic(inner: &Inner) -> bool {
             Err(error) => tracing::error!(%error, "garbage collection failed"),
         }
     }
-    if now.saturating_sub(state.last_checkpoint_at)
-        >= Duration::from_secs(inner.config.checkpoint_interval_secs)
-    {
-        if let Err(error) = durable_marker(inner, Some(false)) {
-            tracing::error!(%error, "checkpoint failed");
-        }
-    }
     behind
+}
+
+/// The periodic durable commit (and, with `checkpoint`, the periodic checkpoint), made without
+/// the writer mutex, so that commits go on meanwhile:
+/// 1. the journal switches to the next generation, in its other file ([`Journal::switch`]);
+///    commits from here on append their records there;
+/// 2. the memtable is written to redb (commits after the switch too, which is harmless:
+///    recovery skips records redb holds);
+/// 3. a durable redb commit records the new generation (and the checkpoint's timestamp: the
+///    stable timestamp at the switch, which redb now holds);
+/// 4. the old generation's records are no longer needed ([`Journal::closed`]).
+///
+/// A crash before 3 completes recovers from the previous durable commit and replays both
+/// generations.
+///
+/// [`Journal::switch`]: crate::journal::Journal::switch
+/// [`Journal::closed`]: crate::journal::Journal::closed
+fn background_durable_commit(inner: &Inner, checkpoint: bool) -> Result<(), Error> {
+    let _marker = inner.marker.lock();
+    if let Some(error) = inner.failure.lock().clone() {
+        return Err(error);
+    }
+    // Cleared before the switch: a commit after it leaves the next durable commit due.
+    let stable = {
+        let mut timestamps = inner.timestamps.lock();
+        timestamps.dirty = false;
+        timestamps.stable
+    };
+    let (generation, closed_ts) = inner.journal.switch();
+    assert!(
+        stable <= closed_ts,
+        "the stable timestamp is at or before the newest commit"
+    );
+    flush_memtable(inner)?;
+    let oldest = inner.timestamps.lock().oldest;
+    let committed = (|| {
+        let txn = begin(inner, true)?;
+        {
+            let mut meta = txn
+                .open_table(META)
+                .map_err(|error| storage_error("opening metadata", error))?;
+            put_meta(&mut meta, format::META_JOURNAL_GENERATION, generation)?;
+            put_meta(&mut meta, format::META_OLDEST_TS, oldest.as_u64())?;
+            // The flushes wrote the commit state of what redb holds; the stable timestamp may
+            // have moved on since without a commit.
+            let stored = meta
+                .get(format::META_COMMIT_STATE)
+                .map_err(|error| storage_error("reading metadata", error))?
+                .map(|guard| format::CommitState::decode(guard.value()))
+                .unwrap_or_default();
+            assert!(
+                stored.last_ts >= closed_ts,
+                "redb holds every commit of the closed generation"
+            );
+            if stable > stored.stable_ts {
+                put_commit_state(
+                    &mut meta,
+                    &format::CommitState {
+                        stable_ts: stable,
+                        ..stored
+                    },
+                )?;
+            }
+            if checkpoint {
+                put_meta(&mut meta, format::META_CHECKPOINT_TS, stable.as_u64())?;
+                put_meta(&mut meta, format::META_CLEAN_SHUTDOWN, 0)?;
+            }
+        }
+        txn.commit()
+            .map_err(|error| storage_error("durable commit", error))
+    })();
+    if let Err(error) = committed {
+        record_failure(inner, &error);
+        return Err(error);
+    }
+    inner.journal.closed(generation);
+    let now = inner.clock.monotonic();
+    let mut timestamps = inner.timestamps.lock();
+    if closed_ts > timestamps.durable {
+        timestamps.durable = closed_ts;
+    }
+    timestamps.last_durable_at = now;
+    Counters::add(&inner.counters.durable_commits, 1);
+    if checkpoint {
+        timestamps.checkpoint = stable;
+        timestamps.last_checkpoint_at = now;
+        Counters::add(&inner.counters.checkpoints, 1);
+    }
+    Ok(())
 }
 
 fn next_timestamp(last: Timestamp, wall_secs: u32) -> Timestamp {
@@ -660,6 +743,19 @@ fn commit_state(
     }
 }
 
+/// The commit state a write transaction holds (what redb holds, with its own writes so far).
+fn stored_commit_state(txn: &WriteTransaction) -> Result<format::CommitState, Error> {
+    let meta = txn
+        .open_table(META)
+        .map_err(|error| storage_error("opening metadata", error))?;
+    let state = meta
+        .get(format::META_COMMIT_STATE)
+        .map_err(|error| storage_error("reading metadata", error))?
+        .map(|guard| format::CommitState::decode(guard.value()))
+        .unwrap_or_default();
+    Ok(state)
+}
+
 fn put_meta(
     meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
     name: &str,
@@ -769,7 +865,9 @@ fn commit_group(inner: &Inner, mut batch: Vec<CommitRequest>, awaiting: &mut Awa
                 if timestamps.stable_follows_newest {
                     timestamps.stable = outcome.last;
                 }
-                timestamps.oplog_bytes = outcome.oplog_bytes;
+                // Added, not set from a total taken before: garbage collection subtracts what it
+                // truncates without the writer mutex.
+                timestamps.oplog_bytes += outcome.oplog_added;
                 if durable {
                     timestamps.durable = outcome.last;
                     timestamps.last_durable_at = now;
@@ -848,7 +946,8 @@ fn release(inner: &Inner, request: &CommitRequest, committed_at: Option<Timestam
 struct BatchOutcome {
     last: Timestamp,
     stamps: Vec<Vec<Timestamp>>,
-    oplog_bytes: u64,
+    /// Bytes of the batch's oplog entries.
+    oplog_added: u64,
     histories: u64,
     versions: u64,
     oplog_entries: u64,
@@ -896,10 +995,10 @@ fn prepare_units(
     Ok(units)
 }
 
-/// What a batch's commit-state record starts from.
+/// What a batch's commit-state record starts from (besides the oplog's bytes, which
+/// [`write_units`] continues from the commit state the transaction holds).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct CommitBase {
-    pub oplog_bytes: u64,
     /// `None`: stable follows the newest commit.
     pub stable: Option<Timestamp>,
     pub next_ident: u64,
@@ -938,7 +1037,9 @@ pub(crate) fn write_units<'u, 'a: 'u>(
 ) -> Result<UnitTotals, Error> {
     let mut totals = UnitTotals {
         last: Timestamp::ZERO,
-        oplog_bytes: base.oplog_bytes,
+        // From what redb holds, not from a total taken when the units committed: garbage
+        // collection may have truncated the oplog since (it runs beside commits).
+        oplog_bytes: stored_commit_state(txn)?.oplog_bytes,
         next_ident: base.next_ident,
         histories: 0,
         versions: 0,
@@ -1020,7 +1121,6 @@ fn apply_batch(
     let durable = durable || payload_size > RECORD_PAYLOAD_BYTES_MAX;
     let stable = (!state.stable_follows_newest).then_some(state.stable);
     let base = CommitBase {
-        oplog_bytes: state.oplog_bytes,
         stable,
         next_ident: inner.next_ident.load(Ordering::Relaxed),
     };
@@ -1031,15 +1131,15 @@ fn apply_batch(
         .expect("a batch has a unit with a timestamp");
     let versions = units.iter().map(|unit| unit.writes.len() as u64).sum();
     let oplog_entries = units.iter().map(|unit| unit.oplog.len() as u64).sum();
-    let oplog_bytes = base.oplog_bytes
-        + units
-            .iter()
-            .flat_map(|unit| unit.oplog.iter())
-            .map(|entry| entry.len() as u64)
-            .sum::<u64>();
+    let oplog_added = units
+        .iter()
+        .flat_map(|unit| unit.oplog.iter())
+        .map(|entry| entry.len() as u64)
+        .sum::<u64>();
     let mut journal_bytes = 0;
     let mut histories = 0;
     if durable {
+        let _marker = inner.marker.lock();
         flush_memtable(inner)?;
         let txn = begin(inner, true)?;
         let totals = write_units(&txn, &units, &base)?;
@@ -1062,7 +1162,7 @@ fn apply_batch(
     Ok(BatchOutcome {
         last,
         stamps,
-        oplog_bytes,
+        oplog_added,
         histories,
         versions,
         oplog_entries,
@@ -1075,7 +1175,15 @@ fn apply_batch(
 /// flusher thread, and first in every other redb write (under the writer mutex, so that no
 /// batch joins meanwhile and the memtable is empty afterwards: a drain).
 pub(crate) fn flush_memtable(inner: &Inner) -> Result<(), Error> {
-    let _flushing = inner.memtable.flush_lock.lock();
+    let flushing = inner.memtable.flush_lock.lock();
+    flush_memtable_locked(inner, &flushing)
+}
+
+/// [`flush_memtable`] for a caller that holds the memtable's `flush_lock` (`_flushing`).
+fn flush_memtable_locked(
+    inner: &Inner,
+    _flushing: &parking_lot::MutexGuard<'_, ()>,
+) -> Result<(), Error> {
     let frozen = inner.memtable.freeze();
     if frozen.is_empty() {
         return Ok(());
@@ -1168,6 +1276,10 @@ fn commit_durable(
     durable_ts: Timestamp,
     context: &str,
 ) -> Result<(), Error> {
+    assert!(
+        inner.marker.is_locked(),
+        "a durable commit holds the marker lock"
+    );
     let generation = inner.journal.generation() + 1;
     {
         let mut meta = txn
@@ -1185,6 +1297,7 @@ fn commit_durable(
 /// or a checkpoint (records the stable timestamp as the checkpoint timestamp, and whether this
 /// is a clean shutdown). It starts a new journal generation.
 fn durable_marker(inner: &Inner, checkpoint: Option<bool>) -> Result<Timestamp, Error> {
+    let _marker = inner.marker.lock();
     if let Some(error) = inner.failure.lock().clone() {
         return Err(error);
     }
@@ -1226,8 +1339,14 @@ fn durable_marker(inner: &Inner, checkpoint: Option<bool>) -> Result<Timestamp, 
 /// One bounded garbage-collection pass: advances the oldest timestamp, removes history that no
 /// reader at or after it can see, tombstones that are the last version of their key, tables
 /// dropped before it, and oplog entries beyond the cap.
+///
+/// It runs beside commits (which do not write redb: they join the memtable), so a long pass
+/// holds none up; it holds the memtable's `flush_lock`, so the flusher waits, and the memtable
+/// grows meanwhile. It writes the memtable first, so redb holds every commit at or before the
+/// oldest timestamp: commits after that are newer than anything the pass removes.
 fn collect_garbage(inner: &Inner) -> Result<usize, Error> {
-    flush_memtable(inner)?;
+    let flushing = inner.memtable.flush_lock.lock();
+    flush_memtable_locked(inner, &flushing)?;
     let state = *inner.timestamps.lock();
     let window_start = Timestamp::new(
         inner
@@ -1244,6 +1363,7 @@ fn collect_garbage(inner: &Inner) -> Result<usize, Error> {
     let mut collected = 0usize;
     let mut oplog_bytes = state.oplog_bytes;
     let mut truncated = 0u64;
+    let mut truncated_bytes = 0u64;
     let mut changed = false;
     {
         let mut writelog = txn
@@ -1340,16 +1460,21 @@ fn collect_garbage(inner: &Inner) -> Result<usize, Error> {
                 .remove(ts)
                 .map_err(|error| storage_error("truncating the oplog", error))?;
             oplog_bytes -= length;
+            truncated_bytes += length;
             truncated += 1;
         }
         if collected > 0 || !due.is_empty() || truncated > 0 {
+            let stored = stored_commit_state(&txn)?;
             let mut meta = txn
                 .open_table(META)
                 .map_err(|error| storage_error("opening metadata", error))?;
             put_meta(&mut meta, format::META_OLDEST_TS, oldest.as_u64())?;
             put_commit_state(
                 &mut meta,
-                &commit_state(inner, state.last_assigned, state.stable, oplog_bytes),
+                &format::CommitState {
+                    oplog_bytes: stored.oplog_bytes - truncated_bytes,
+                    ..stored
+                },
             )?;
             changed = true;
         }
@@ -1365,9 +1490,11 @@ fn collect_garbage(inner: &Inner) -> Result<usize, Error> {
     inner
         .keylocks
         .sweep(inner.pins.oldest_pinned().unwrap_or(Timestamp::MAX));
+    drop(flushing);
     {
         let mut timestamps = inner.timestamps.lock();
-        timestamps.oplog_bytes = oplog_bytes;
+        // Subtracted, not set: commits went on adding meanwhile.
+        timestamps.oplog_bytes -= truncated_bytes;
         // A full pass leaves the next one due at once.
         if collected < limit {
             timestamps.last_gc_at = inner.clock.monotonic();
@@ -1392,6 +1519,7 @@ fn recover_to_stable(inner: &Inner) -> Result<Timestamp, Error> {
             ));
         }
     }
+    let _marker = inner.marker.lock();
     flush_memtable(inner)?;
     let txn = begin(inner, true)?;
     let mut oplog_bytes = state.oplog_bytes;
@@ -1528,6 +1656,7 @@ fn delete_orphaned_tables(
 }
 
 fn truncate_oplog_after(inner: &Inner, after: Timestamp) -> Result<u64, Error> {
+    let _marker = inner.marker.lock();
     flush_memtable(inner)?;
     let state = *inner.timestamps.lock();
     let txn = begin(inner, true)?;

@@ -85,6 +85,11 @@ pub(crate) struct Inner {
     /// Held while a batch is applied: only one redb write transaction at a time, and in
     /// `Inline` mode this is what callers take.
     pub writer: Mutex<()>,
+    /// Held across a durable redb commit and the journal generation change that goes with it,
+    /// so that one runs at a time: the periodic one, which holds up no commit, or one of those
+    /// made under the writer mutex (lock order: writer, then this, then the memtable's
+    /// `flush_lock`).
+    pub marker: Mutex<()>,
     /// Set when a commit failed with an I/O error: the engine refuses further writes.
     pub failure: Mutex<Option<Error>>,
     pub oplog_cap_bytes: u64,
@@ -282,8 +287,8 @@ impl Engine {
             "gc_batch_entries_max must be > 0"
         );
         let db = open_database(&config, &backend)?;
-        let journal_file = crate::backend::open_journal_file(&backend)?;
-        let replay = replay_journal(&db, &journal_file)?;
+        let journal_files = crate::backend::open_journal_files(&backend)?;
+        let replay = replay_journal(&db, &journal_files)?;
         let oplog_cap_bytes = config
             .oplog_size_bytes
             .unwrap_or_else(|| default_oplog_cap(&backend));
@@ -373,9 +378,11 @@ impl Engine {
                     format::CommitState::decode(guard.value()).next_ident
                 })
         };
-        // This durable commit holds the replayed records and starts the next journal
-        // generation, so that they are never applied twice.
-        let journal_generation = replay.generation + 1;
+        // This durable commit holds the replayed records and starts a journal generation that
+        // no file can hold records of: redb named `replay.generation`, so a switch may have
+        // started the next one (whose records were replayed if any were whole), never the one
+        // after.
+        let journal_generation = replay.generation + 2;
         {
             let mut meta = txn
                 .open_table(META)
@@ -391,7 +398,7 @@ impl Engine {
             .map_err(|error| storage_error("opening", error))?;
         txn.commit()
             .map_err(|error| storage_error("opening", error))?;
-        let journal = Journal::new(journal_file, journal_generation, state.last_assigned)?;
+        let journal = Journal::new(journal_files, journal_generation, state.last_assigned)?;
 
         let catalog = load_catalog(&db)?;
         let next_ident = stored_next_ident
@@ -419,6 +426,7 @@ impl Engine {
             }),
             queue_signal: Condvar::new(),
             writer: Mutex::new(()),
+            marker: Mutex::new(()),
             failure: Mutex::new(None),
             oplog_cap_bytes,
             journal,
@@ -635,9 +643,7 @@ impl Engine {
     /// committer does this by itself in `Background` mode; in `Inline` mode the caller drives it.
     pub fn run_periodic_work(&self) {
         committer::sync_journal_if_due(&self.inner);
-        let writer = self.inner.writer.lock();
         committer::periodic(&self.inner);
-        drop(writer);
     }
 
     /// Whether a batch is being committed or queued right now (a commit would wait for it). A
@@ -738,12 +744,15 @@ impl Engine {
 struct Replay {
     /// The generation redb's last durable commit named.
     generation: u64,
+    /// The newest generation whose records were read (this one or the next).
+    newest_generation: u64,
     records: u64,
 }
 
 /// Crash recovery's second half: applies the journal records that follow redb's last durable
-/// commit (those of the generation it names), in order, up to the first that is not whole.
-fn replay_journal(db: &redb::Database, file: &JournalFile) -> Result<Replay, Error> {
+/// commit (those of the generation it names, then of the next), in order, up to the first that
+/// is not whole.
+fn replay_journal(db: &redb::Database, files: &[JournalFile; 2]) -> Result<Replay, Error> {
     let (generation, durable) = {
         let txn = db
             .begin_read()
@@ -755,6 +764,7 @@ fn replay_journal(db: &redb::Database, file: &JournalFile) -> Result<Replay, Err
                     Some(version) if version != format::FORMAT_VERSION => {
                         return Ok(Replay {
                             generation: 0,
+                            newest_generation: 0,
                             records: 0,
                         });
                     }
@@ -774,7 +784,7 @@ fn replay_journal(db: &redb::Database, file: &JournalFile) -> Result<Replay, Err
             Err(error) => return Err(storage_error("reading metadata", error)),
         }
     };
-    let scan = Journal::scan(file, generation)?;
+    let scan = Journal::scan(files, generation)?;
     if let Some(reason) = &scan.cut {
         tracing::warn!(
             %reason,
@@ -784,6 +794,7 @@ fn replay_journal(db: &redb::Database, file: &JournalFile) -> Result<Replay, Err
     }
     let mut replay = Replay {
         generation,
+        newest_generation: scan.generation,
         records: 0,
     };
     if scan.records.is_empty() {
@@ -818,7 +829,6 @@ fn replay_journal(db: &redb::Database, file: &JournalFile) -> Result<Replay, Err
             &txn,
             &units,
             &committer::CommitBase {
-                oplog_bytes: state.oplog_bytes,
                 stable,
                 next_ident: state.next_ident,
             },
@@ -833,6 +843,7 @@ fn replay_journal(db: &redb::Database, file: &JournalFile) -> Result<Replay, Err
     tracing::info!(
         records = replay.records,
         bytes = scan.bytes,
+        generations = ?(replay.generation..=replay.newest_generation),
         through = %state.last_ts,
         "replayed the journal"
     );

@@ -8,13 +8,25 @@
 //! - A `j: true` commit returns once the journal is synced through its record. The sync runs
 //!   after the leader has handed the writer over, so the next batch is applied while this one
 //!   syncs, and every record written by then shares the fdatasync.
-//! - A durable redb commit (every `data_sync_interval_ms`, at a checkpoint, when the journal is
-//!   full) holds every batch so far. It records a new *generation* in redb's metadata in the same
-//!   commit, and the journal starts again at offset 0 with that generation.
+//! - The journal has two files; generation `g` is written to file `g % 2` from offset 0.
+//! - The periodic durable redb commit (every `data_sync_interval_ms`, and the periodic
+//!   checkpoint) holds up no commit. It first *switches* the journal to the next generation, in
+//!   the other file ([`Journal::switch`]); commits go on appending there. Then it writes the
+//!   memtable to redb and commits durably, recording the new generation. Once that commit is on
+//!   disk, the old generation's records are not needed ([`Journal::closed`]), and its file is
+//!   free for the generation after next.
+//! - Until then the old generation *closes*: nothing of the new generation is written to its
+//!   file before the old file is written out and fdatasynced through its last record. So records
+//!   of the new generation on disk mean the old generation's records are all on disk too.
+//! - Other durable redb commits (a checkpoint that is asked for, shutdown, a batch that finds the
+//!   journal full, recovery to stable, oplog truncation) run under the writer mutex: no commit
+//!   runs meanwhile, and the journal restarts in the next generation's file ([`Journal::restart`]).
 //! - Recovery: redb returns to its last durable commit; the records of the generation it names
-//!   are read from offset 0 and applied in order until the first that is not whole: bad magic,
-//!   another generation (bytes of an older one), a length past the end, or a checksum mismatch
-//!   (a torn tail). Nothing of a record that is not whole is applied.
+//!   are read from offset 0 of its file, then those of the next generation from the other file
+//!   (a switch whose durable commit did not complete). Each file is read until the first record
+//!   that is not whole: bad magic, another generation (bytes of an older one), a length past the
+//!   end, or a checksum mismatch (a torn tail). Nothing of a record that is not whole is applied,
+//!   and records redb already holds are skipped.
 //!
 //! Record layout (little-endian): `magic u32 | crc32c u32 (of everything after it) | generation
 //! u64 | payload length u32 | unit count u32 | last commit timestamp u64 | payload`.
@@ -25,8 +37,13 @@ use cairn_types::{Error, ErrorCode, Timestamp};
 use parking_lot::Mutex;
 use std::borrow::Cow;
 
-/// The journal's file name inside the dbpath.
-pub const JOURNAL_FILE_NAME: &str = "cairn.journal";
+/// The journal's two file names inside the dbpath: generation `g` is in file `g % 2`.
+pub const JOURNAL_FILE_NAMES: [&str; 2] = ["cairn.journal.0", "cairn.journal.1"];
+
+/// The index of the file that holds `generation`'s records.
+fn file_index(generation: u64) -> usize {
+    (generation % 2) as usize
+}
 
 const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"CJRN");
 /// Bytes of a record header.
@@ -54,6 +71,21 @@ struct Tail {
     lsn: u64,
     /// Commit timestamp of the newest record appended.
     last_ts: Timestamp,
+    /// The previous generation, after a [`Journal::switch`], until its file is synced through
+    /// its last record or a durable redb commit holds its records ([`Journal::closed`]).
+    closing: Option<Closing>,
+}
+
+/// The end of a generation that a switch left: what remains to write and sync of it.
+#[derive(Debug)]
+struct Closing {
+    generation: u64,
+    /// Records not yet written to the file, which start at `start`.
+    buffer: Vec<u8>,
+    start: u64,
+    /// The journal sequence number and the commit timestamp of its last record.
+    lsn: u64,
+    last_ts: Timestamp,
 }
 
 /// What is known to be on disk.
@@ -64,7 +96,7 @@ struct Synced {
 }
 
 pub(crate) struct Journal {
-    file: JournalFile,
+    files: [JournalFile; 2],
     tail: Mutex<Tail>,
     synced: Mutex<Synced>,
     /// Held by the one thread that writes out and syncs (so the file is written only in order,
@@ -74,8 +106,8 @@ pub(crate) struct Journal {
 
 #[derive(Debug)]
 struct FileState {
-    /// Bytes the file has (written or zero-filled).
-    allocated: u64,
+    /// Bytes each file has (written or zero-filled).
+    allocated: [u64; 2],
     /// The first write or sync error. It sticks: after a failed write the file has a gap, and
     /// after a failed fdatasync Linux may report the lost pages clean, so no later sync may
     /// claim that anything after it is durable.
@@ -85,11 +117,13 @@ struct FileState {
 /// What recovery read from the journal.
 #[derive(Debug, Default)]
 pub(crate) struct JournalScan {
-    /// Payloads (each decodes to the units of one batch) with their last commit timestamps.
-    /// Each record's last commit timestamp and where its payload is in `image`.
+    /// Each record's last commit timestamp and where its payload (the units of one batch) is in
+    /// `image`.
     pub records: Vec<(Timestamp, std::ops::Range<usize>)>,
-    /// The file as read: payloads are decoded from it in place, not copied.
+    /// The files as read, one after the other: payloads are decoded from it in place.
     pub image: Vec<u8>,
+    /// The newest generation that has records (the one asked for if none has).
+    pub generation: u64,
     pub bytes: u64,
     /// Why reading stopped before the end of the file at a record that was not whole, if it
     /// did (a torn or damaged tail).
@@ -109,24 +143,28 @@ fn io_error(context: &str, error: impl std::fmt::Display) -> Error {
 }
 
 impl Journal {
-    /// A journal over `file`, appending records of `generation` from offset 0. `durable_ts` is
-    /// the newest commit already durable without it.
+    /// A journal over its two `files`, appending records of `generation` from offset 0 of its
+    /// file. `durable_ts` is the newest commit already durable without it.
     pub(crate) fn new(
-        file: JournalFile,
+        files: [JournalFile; 2],
         generation: u64,
         durable_ts: Timestamp,
     ) -> Result<Journal, Error> {
-        let allocated = file
-            .len()
-            .map_err(|error| io_error("reading the journal's length", error))?;
+        let mut allocated = [0; 2];
+        for (index, file) in files.iter().enumerate() {
+            allocated[index] = file
+                .len()
+                .map_err(|error| io_error("reading the journal's length", error))?;
+        }
         Ok(Journal {
-            file,
+            files,
             tail: Mutex::new(Tail {
                 generation,
                 offset: 0,
                 buffer: Vec::new(),
                 lsn: 0,
                 last_ts: durable_ts,
+                closing: None,
             }),
             synced: Mutex::new(Synced {
                 lsn: 0,
@@ -139,15 +177,46 @@ impl Journal {
         })
     }
 
-    /// Reads the whole records of `generation` from the start of `file`.
-    pub(crate) fn scan(file: &JournalFile, generation: u64) -> Result<JournalScan, Error> {
+    /// Reads the whole records of `generation` from the start of its file, then those of the
+    /// next generation from the start of the other file (the records after a switch whose
+    /// durable commit did not complete).
+    pub(crate) fn scan(files: &[JournalFile; 2], generation: u64) -> Result<JournalScan, Error> {
+        let mut scan = JournalScan {
+            generation,
+            ..JournalScan::default()
+        };
+        Self::scan_file(&files[file_index(generation)], generation, &mut scan)?;
+        let first = scan.records.len();
+        let cut = scan.cut.take();
+        let next = generation.wrapping_add(1);
+        Self::scan_file(&files[file_index(next)], next, &mut scan)?;
+        if scan.records.len() > first {
+            if let Some(cut) = cut {
+                // The next generation is written only after the previous one is synced whole.
+                return Err(Error::new(
+                    ErrorCode::DataCorruptionDetected,
+                    format!(
+                        "journal generation {generation} is damaged ({cut}) but the next generation has records after it: restore from a backup or resync this member"
+                    ),
+                ));
+            }
+            scan.generation = next;
+        } else {
+            scan.cut = scan.cut.take().or(cut);
+        }
+        Ok(scan)
+    }
+
+    /// Appends the whole records of `generation` at the start of `file` to `scan`.
+    fn scan_file(file: &JournalFile, generation: u64, scan: &mut JournalScan) -> Result<(), Error> {
         let length = file
             .len()
             .map_err(|error| io_error("reading the journal's length", error))?;
-        let mut bytes = vec![0u8; length as usize];
-        file.read(0, &mut bytes)
+        let base = scan.image.len();
+        scan.image.resize(base + length as usize, 0);
+        file.read(0, &mut scan.image[base..])
             .map_err(|error| io_error("reading the journal", error))?;
-        let mut scan = JournalScan::default();
+        let bytes = &scan.image[base..];
         let mut offset = 0usize;
         while offset + RECORD_HEADER_BYTES <= bytes.len() {
             let header = &bytes[offset..offset + RECORD_HEADER_BYTES];
@@ -164,23 +233,22 @@ impl Journal {
             let end = offset + RECORD_HEADER_BYTES + payload_len as usize;
             if end > bytes.len() {
                 scan.cut = Some(format!(
-                    "the record at offset {offset} runs past the end of the journal"
+                    "the record at offset {offset} of generation {generation} runs past the end of its file"
                 ));
                 break;
             }
             if crc32c::crc32c(&bytes[offset + 8..end]) != crc {
                 scan.cut = Some(format!(
-                    "checksum mismatch in the record at offset {offset}"
+                    "checksum mismatch in the record at offset {offset} of generation {generation}"
                 ));
                 break;
             }
             scan.records
-                .push((last_ts, offset + RECORD_HEADER_BYTES..end));
+                .push((last_ts, base + offset + RECORD_HEADER_BYTES..base + end));
             scan.bytes += (end - offset) as u64;
             offset = end;
         }
-        scan.image = bytes;
-        Ok(scan)
+        Ok(())
     }
 
     pub(crate) fn generation(&self) -> u64 {
@@ -260,14 +328,46 @@ impl Journal {
                 return Ok((synced.ts, false));
             }
         }
+        // A closing generation first: nothing of the next reaches the disk before it is synced.
+        let closing = self.tail.lock().closing.take();
+        if let Some(closing) = closing {
+            let index = file_index(closing.generation);
+            let closed = self.write_and_sync(
+                &mut file.allocated[index],
+                index,
+                &closing.buffer,
+                closing.start,
+                true,
+            );
+            if let Err(error) = closed {
+                file.failed = Some(error.clone());
+                return Err(error);
+            }
+            let mut synced = self.synced.lock();
+            if closing.lsn > synced.lsn {
+                *synced = Synced {
+                    lsn: closing.lsn,
+                    ts: closing.last_ts,
+                };
+            }
+            if synced.lsn >= lsn {
+                return Ok((synced.ts, true));
+            }
+        }
         // Everything appended before the fdatasync starts is covered by it.
-        let (chunk, start, target_lsn, target_ts) = {
+        let (chunk, start, target_lsn, target_ts, index) = {
             let mut tail = self.tail.lock();
             let chunk = std::mem::take(&mut tail.buffer);
             let start = tail.offset - chunk.len() as u64;
-            (chunk, start, tail.lsn, tail.last_ts)
+            (
+                chunk,
+                start,
+                tail.lsn,
+                tail.last_ts,
+                file_index(tail.generation),
+            )
         };
-        match self.write_and_sync(&mut file.allocated, &chunk, start, sync) {
+        match self.write_and_sync(&mut file.allocated[index], index, &chunk, start, sync) {
             Ok(()) => {}
             Err(error) => {
                 file.failed = Some(error.clone());
@@ -290,6 +390,7 @@ impl Journal {
     fn write_and_sync(
         &self,
         allocated: &mut u64,
+        index: usize,
         chunk: &[u8],
         start: u64,
         sync: bool,
@@ -301,27 +402,27 @@ impl Journal {
                 // fdatasync after it would have to write that metadata too.
                 let grown = end.div_ceil(JOURNAL_GROW_BYTES) * JOURNAL_GROW_BYTES;
                 let zeros = vec![0u8; (grown - *allocated) as usize];
-                self.file
+                self.files[index]
                     .set_len(grown)
-                    .and_then(|()| self.file.write(*allocated, &zeros))
+                    .and_then(|()| self.files[index].write(*allocated, &zeros))
                     .map_err(|error| io_error("growing the journal", error))?;
                 *allocated = grown;
             }
-            self.file
+            self.files[index]
                 .write(start, chunk)
                 .map_err(|error| io_error("writing the journal", error))?;
         }
         if sync {
-            self.file
+            self.files[index]
                 .sync_data()
                 .map_err(|error| io_error("syncing the journal", error))?;
         }
         Ok(())
     }
 
-    /// Starts `generation` at offset 0, after a durable redb commit that recorded it and holds
-    /// every commit through `durable_ts` (so every record appended so far, whose buffered
-    /// bytes are dropped).
+    /// Starts `generation` at offset 0 of its file, after a durable redb commit that recorded
+    /// it and holds every commit through `durable_ts` (so every record appended so far, whose
+    /// buffered bytes are dropped). Called with no commit running (under the writer mutex).
     pub(crate) fn restart(&self, generation: u64, durable_ts: Timestamp) {
         let mut tail = self.tail.lock();
         assert!(
@@ -332,11 +433,62 @@ impl Journal {
         tail.offset = 0;
         tail.buffer = Vec::new();
         tail.last_ts = durable_ts;
+        tail.closing = None;
         let mut synced = self.synced.lock();
         *synced = Synced {
             lsn: tail.lsn,
             ts: durable_ts,
         };
+    }
+
+    /// Starts the next generation in the other file while commits go on appending: the
+    /// current generation closes (see the module header). Returns the new generation and the
+    /// commit timestamp of the closed generation's last record. One generation closes at a
+    /// time: the caller makes the durable redb commit that records the new generation, and
+    /// calls [`Journal::closed`], before it switches again.
+    pub(crate) fn switch(&self) -> (u64, Timestamp) {
+        let mut tail = self.tail.lock();
+        assert!(
+            tail.closing.is_none(),
+            "a generation closes only after the previous one has"
+        );
+        let buffer = std::mem::take(&mut tail.buffer);
+        let unsynced = self.synced.lock().lsn < tail.lsn;
+        if unsynced {
+            tail.closing = Some(Closing {
+                generation: tail.generation,
+                start: tail.offset - buffer.len() as u64,
+                buffer,
+                lsn: tail.lsn,
+                last_ts: tail.last_ts,
+            });
+        }
+        tail.generation += 1;
+        tail.offset = 0;
+        (tail.generation, tail.last_ts)
+    }
+
+    /// A durable redb commit that records `generation` (after [`Journal::switch`] to it) is on
+    /// disk: it holds every record of the generations before, so the closing one needs neither
+    /// writing nor syncing, and counts as durable.
+    pub(crate) fn closed(&self, generation: u64) {
+        // Waits out a write of the closing records that is under way, so that none lands in
+        // the file after the generation after next has started there.
+        let _file = self.writer.lock();
+        let mut tail = self.tail.lock();
+        assert_eq!(
+            tail.generation, generation,
+            "closing the switched generation"
+        );
+        if let Some(closing) = tail.closing.take() {
+            let mut synced = self.synced.lock();
+            if closing.lsn > synced.lsn {
+                *synced = Synced {
+                    lsn: closing.lsn,
+                    ts: closing.last_ts,
+                };
+            }
+        }
     }
 }
 
@@ -585,8 +737,19 @@ mod tests {
         }
     }
 
-    fn memory() -> JournalFile {
-        Box::new(redb::backends::InMemoryBackend::new())
+    fn memory() -> [JournalFile; 2] {
+        [
+            Box::new(redb::backends::InMemoryBackend::new()),
+            Box::new(redb::backends::InMemoryBackend::new()),
+        ]
+    }
+
+    /// One file with `bytes` as journal file `index`, the other empty.
+    fn files_with(index: usize, bytes: &[u8]) -> [JournalFile; 2] {
+        let files = memory();
+        files[index].set_len(bytes.len() as u64).unwrap();
+        files[index].write(0, bytes).unwrap();
+        files
     }
 
     fn same(left: &BatchUnit<'_>, right: &BatchUnit<'_>) -> bool {
@@ -617,7 +780,7 @@ mod tests {
     fn records_round_trip_in_order() {
         let journal = Journal::new(memory(), 7, Timestamp::ZERO).unwrap();
         write(&journal, &[1, 3, 5]);
-        let scan = Journal::scan(&journal.file, 7).unwrap();
+        let scan = Journal::scan(&journal.files, 7).unwrap();
         assert_eq!(scan.cut, None);
         assert_eq!(scan.records.len(), 3);
         for ((last, payload), first) in scan.records.iter().zip([1u64, 3, 5]) {
@@ -628,8 +791,13 @@ mod tests {
             assert_eq!(decoded.units.len(), 1);
             assert!(same(&decoded.units[0], &unit(first, 5)));
         }
-        // Another generation's reader sees nothing.
-        assert!(Journal::scan(&journal.file, 6).unwrap().records.is_empty());
+        assert_eq!(scan.generation, 7);
+        // A reader of the generation before reads them as the next generation's; one of an
+        // older generation sees nothing.
+        let before = Journal::scan(&journal.files, 6).unwrap();
+        assert_eq!((before.records.len(), before.generation), (3, 7));
+        let older = Journal::scan(&journal.files, 5).unwrap();
+        assert_eq!((older.records.len(), older.generation), (0, 5));
     }
 
     #[test]
@@ -638,7 +806,7 @@ mod tests {
         write(&journal, &[1, 3, 5, 7]);
         journal.restart(2, Timestamp::new(100, 8));
         write(&journal, &[9]);
-        let scan = Journal::scan(&journal.file, 2).unwrap();
+        let scan = Journal::scan(&journal.files, 2).unwrap();
         assert_eq!(
             scan.records.len(),
             1,
@@ -652,22 +820,20 @@ mod tests {
     fn a_torn_or_damaged_tail_is_cut_at_the_last_whole_record() {
         let journal = Journal::new(memory(), 1, Timestamp::ZERO).unwrap();
         write(&journal, &[1, 3, 5]);
-        let whole = Journal::scan(&journal.file, 1).unwrap();
+        let whole = Journal::scan(&journal.files, 1).unwrap();
         let second_end = RECORD_HEADER_BYTES as u64 * 2
             + (whole.records[0].1.len() + whole.records[1].1.len()) as u64;
-        let length = journal.file.len().unwrap();
+        let file = &journal.files[file_index(1)];
+        let length = file.len().unwrap();
         let mut image = vec![0u8; length as usize];
-        journal.file.read(0, &mut image).unwrap();
+        file.read(0, &mut image).unwrap();
 
         // Every single-byte change inside the third record cuts it, never the first two.
         let third_end = second_end as usize + RECORD_HEADER_BYTES + whole.records[2].1.len();
         for at in (second_end as usize..third_end).step_by(13) {
-            let damaged: JournalFile = Box::new(redb::backends::InMemoryBackend::new());
             let mut bytes = image.clone();
             bytes[at] ^= 0x40;
-            damaged.set_len(bytes.len() as u64).unwrap();
-            damaged.write(0, &bytes).unwrap();
-            let scan = Journal::scan(&damaged, 1).unwrap();
+            let scan = Journal::scan(&files_with(file_index(1), &bytes), 1).unwrap();
             assert_eq!(scan.records.len(), 2, "damage at byte {at}");
             assert_eq!(scan.records[..], whole.records[..2]);
             // A changed magic or generation reads as the end; anything else as damage.
@@ -678,9 +844,7 @@ mod tests {
 
         // A file cut inside the third record (a torn append) keeps the first two.
         for cut in [second_end + 10, second_end + 40, third_end as u64 - 1] {
-            let torn: JournalFile = Box::new(redb::backends::InMemoryBackend::new());
-            torn.set_len(cut).unwrap();
-            torn.write(0, &image[..cut as usize]).unwrap();
+            let torn = files_with(file_index(1), &image[..cut as usize]);
             let scan = Journal::scan(&torn, 1).unwrap();
             assert_eq!(scan.records[..], whole.records[..2], "cut at {cut}");
         }
@@ -773,11 +937,13 @@ mod tests {
     #[test]
     fn a_failed_write_fails_every_later_sync() {
         let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let file: JournalFile = Box::new(Flaky {
-            memory: redb::backends::InMemoryBackend::new(),
-            failing: failing.clone(),
-        });
-        let journal = Journal::new(file, 1, Timestamp::ZERO).unwrap();
+        let flaky = |failing: &std::sync::Arc<std::sync::atomic::AtomicBool>| -> JournalFile {
+            Box::new(Flaky {
+                memory: redb::backends::InMemoryBackend::new(),
+                failing: failing.clone(),
+            })
+        };
+        let journal = Journal::new([flaky(&failing), flaky(&failing)], 1, Timestamp::ZERO).unwrap();
         write(&journal, &[1]);
         failing.store(true, std::sync::atomic::Ordering::SeqCst);
         let units = [unit(3, 2)];

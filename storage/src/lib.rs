@@ -47,7 +47,7 @@ pub use backend::{Backend, CrashableMemory};
 pub use catalog::{CollectionMeta, IndexMeta};
 pub use config::{CommitMode, EngineConfig};
 pub use engine::{Engine, TimestampState};
-pub use journal::JOURNAL_FILE_NAME;
+pub use journal::JOURNAL_FILE_NAMES;
 pub use snapshot::{OplogIter, ReadAt, ScanDirection, ScanIter, Snapshot};
 pub use stats::EngineStats;
 pub use write::{CommitInfo, Durability, KEY_SIZE_MAX_BYTES, VALUE_SIZE_MAX_BYTES, WriteUnit};

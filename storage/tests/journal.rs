@@ -214,3 +214,127 @@ fn a_journal_left_over_from_another_data_file_is_never_replayed() {
     );
     third.close().unwrap();
 }
+
+/// The periodic durable commit holds up no commit: it switches the journal to its other file
+/// first, and commits go on there. A crash while its redb commit is still syncing recovers
+/// from the previous durable commit and both generations: the records of the old one (synced
+/// before anything of the new one was written, `j: false` ones included) and of the new one.
+#[test]
+fn commits_during_a_durable_commit_that_never_lands_survive_by_replay_of_both_files() {
+    let memory = CrashableMemory::new();
+    let clock = clock();
+    let config = EngineConfig {
+        commit_mode: cairn_storage::CommitMode::Inline,
+        data_sync_interval_ms: 0,
+        ..journal_only()
+    };
+    let engine = open_with(&Backend::Crashable(memory.clone()), &clock, config.clone());
+    // Before the switch: j:true commits, then j:false ones that are never synced by
+    // themselves.
+    let mut expected = Vec::new();
+    for id in 0..10 {
+        commit_pair(&engine, id, 1, Durability::Journaled);
+        expected.push((id, 1));
+    }
+    for id in 10..20 {
+        commit_pair(&engine, id, 1, Durability::Visible);
+        expected.push((id, 1));
+    }
+    let before = engine.stats();
+
+    // The periodic work switches the journal, writes the memtable, and waits for good in the
+    // durable redb commit's sync.
+    memory.hold_data_syncs();
+    let periodic = engine.clone();
+    std::thread::spawn(move || periodic.run_periodic_work());
+    memory.wait_for_a_held_sync();
+
+    // Commits go on meanwhile (the writer mutex is free), into the new generation.
+    let mut last = Timestamp::ZERO;
+    for id in 0..30 {
+        last = commit_pair(&engine, id, 2, Durability::Journaled);
+        if let Some(entry) = expected.iter_mut().find(|(key, _)| *key == id) {
+            entry.1 = 2;
+        } else {
+            expected.push((id, 2));
+        }
+    }
+    assert_eq!(
+        engine.stats().durable_commits,
+        before.durable_commits,
+        "the durable commit has not completed"
+    );
+    engine.simulate_crash();
+    memory.crash();
+
+    let engine = open_with(&Backend::Crashable(memory.clone()), &clock, config);
+    assert_eq!(
+        engine.visible_timestamp(),
+        last,
+        "every acknowledged commit"
+    );
+    assert_eq!(
+        engine.stats().journal_replayed_records,
+        50,
+        "the 20 records of the old generation and the 30 of the new one"
+    );
+    let snapshot = engine.snapshot(ReadAt::Latest).unwrap();
+    for (id, round) in expected {
+        for stored in [key(id), key(id + 1_000)] {
+            assert_eq!(
+                snapshot.get(TABLE, &stored).unwrap(),
+                Some(value(id, round)),
+                "key {id}"
+            );
+        }
+    }
+    let oplog = snapshot
+        .oplog_scan(std::ops::Bound::Unbounded, ScanDirection::Forward)
+        .unwrap()
+        .count();
+    assert_eq!(oplog, 50);
+    drop(snapshot);
+    engine.close().unwrap();
+}
+
+/// Once the periodic durable commit lands, the old generation's records are not replayed
+/// again; commits after its switch are, from the other file.
+#[test]
+fn after_a_periodic_durable_commit_only_the_new_generation_is_replayed() {
+    let memory = CrashableMemory::new();
+    let clock = clock();
+    let config = EngineConfig {
+        commit_mode: cairn_storage::CommitMode::Inline,
+        data_sync_interval_ms: 0,
+        ..journal_only()
+    };
+    let engine = open_with(&Backend::Crashable(memory.clone()), &clock, config.clone());
+    for round in 1..=3 {
+        for id in 0..10 {
+            commit_pair(&engine, id, round, Durability::Journaled);
+        }
+        // Three switches: the generations go back and forth between the two files.
+        let durable_commits = engine.stats().durable_commits;
+        engine.run_periodic_work();
+        assert_eq!(engine.stats().durable_commits, durable_commits + 1);
+    }
+    let mut last = Timestamp::ZERO;
+    for id in 0..5 {
+        last = commit_pair(&engine, id, 4, Durability::Journaled);
+    }
+    engine.simulate_crash();
+    memory.crash();
+    let engine = open_with(&Backend::Crashable(memory.clone()), &clock, config);
+    assert_eq!(engine.visible_timestamp(), last);
+    assert_eq!(engine.stats().journal_replayed_records, 5);
+    let snapshot = engine.snapshot(ReadAt::Latest).unwrap();
+    for id in 0..10 {
+        let round = if id < 5 { 4 } else { 3 };
+        assert_eq!(
+            snapshot.get(TABLE, &key(id)).unwrap(),
+            Some(value(id, round))
+        );
+    }
+    drop(snapshot);
+    engine.close().unwrap();
+}

@@ -45,6 +45,9 @@ enum Op {
     },
     CreateOrDrop,
     Checkpoint,
+    /// The periodic work, due: the durable commit that switches the journal to its other
+    /// file while commits may go on, then garbage collection.
+    Periodic,
     Flush,
     AdvanceClock {
         secs: u64,
@@ -76,6 +79,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => (0..TABLES.len(), 0i64..6).prop_map(|(table, key)| Op::StaleConflict { table, key }),
         1 => Just(Op::CreateOrDrop),
         1 => Just(Op::Checkpoint),
+        1 => Just(Op::Periodic),
         1 => Just(Op::Flush),
         2 => (0u64..200).prop_map(|secs| Op::AdvanceClock { secs }),
         1 => Just(Op::Collect),
@@ -364,6 +368,10 @@ impl Harness {
             Op::Checkpoint => {
                 self.engine().checkpoint().unwrap();
                 self.model.durable = self.model.newest();
+            }
+            Op::Periodic => {
+                self.clock.advance(Duration::from_secs(1));
+                self.engine().run_periodic_work();
             }
             Op::Flush => {
                 self.engine().flush().unwrap();
