@@ -24,7 +24,8 @@
 //!   key owned sleeps again at the head of the queue. Handing the key to a sleeping thread costs
 //!   a thread switch per update, which on a hot document costs more than the update itself.
 //!   Fairness is eventual: a first waiter that has waited `FAIR_HANDOFF_AFTER_US` is granted
-//!   the key directly, so no waiter starves.
+//!   the key directly, once as long has passed since the last such grant, so no waiter
+//!   starves: in a queue of `n`, a waiter has its turn within about `n` such intervals.
 //!
 //! The table is sharded by key hash; every operation takes exactly one shard mutex at a time.
 
@@ -43,7 +44,8 @@ pub(crate) type OwnerId = u64;
 pub(crate) type SealedValue = Option<Arc<Vec<u8>>>;
 
 const SHARDS: usize = 64;
-/// A first waiter that has waited this long is granted a freed key directly (no barging).
+/// A first waiter that has waited this long is granted a freed key directly (no barging), if
+/// as long has passed since the key's last direct grant.
 const FAIR_HANDOFF_AFTER_US: u64 = 1_000;
 /// A waiter wakes at least this often to check for interruption.
 const WAIT_SLICE_MS: u64 = 20;
@@ -94,6 +96,8 @@ struct KeyState {
     last_commit: Timestamp,
     pending: Option<Pending>,
     waiters: VecDeque<Arc<Waiter>>,
+    /// When the key was last granted directly to a waiter (the start of its turn).
+    last_grant: Option<Instant>,
 }
 
 impl KeyState {
@@ -105,15 +109,20 @@ impl KeyState {
     }
 
     /// The key has just become free: wakes the first waiter to take it, or, when that waiter
-    /// has waited `FAIR_HANDOFF_AFTER_US`, grants it the key directly with the pending version
-    /// as its base.
+    /// has waited `FAIR_HANDOFF_AFTER_US` and as long has passed since the last direct grant,
+    /// grants it the key directly with the pending version as its base. (Counting from the
+    /// last grant too keeps a long queue from turning every release into a grant, and so into
+    /// a thread switch per update: each waiter is then granted in turn, at most one per
+    /// `FAIR_HANDOFF_AFTER_US`, as parking_lot's eventual fairness does.)
     fn hand_over(&mut self) {
         assert!(self.owner.is_none(), "only an unowned key is handed over");
         let Some(first) = self.waiters.front() else {
             return;
         };
-        if first.since.elapsed() >= Duration::from_micros(FAIR_HANDOFF_AFTER_US) {
+        let turn = Duration::from_micros(FAIR_HANDOFF_AFTER_US);
+        if first.since.elapsed() >= turn && self.last_grant.is_none_or(|at| at.elapsed() >= turn) {
             let waiter = self.waiters.pop_front().expect("a first waiter");
+            self.last_grant = Some(Instant::now());
             self.owner = Some(waiter.owner);
             let mut grant = waiter.grant.lock();
             grant.granted = true;
@@ -618,6 +627,66 @@ mod tests {
         assert_eq!(waiter.join().unwrap().unwrap(), None);
         assert!(!locks.claim(&id("hot"), 2, ts, FOR_UPDATE).unwrap().newly);
         locks.release([&id("hot")], 2, None, Timestamp::MAX);
+        assert_eq!(locks.len(), 0);
+    }
+
+    /// Frees `key`, owned by `owner`, as a release does, and returns whom it went to right
+    /// away (under the shard's lock, so no woken waiter can have taken it yet).
+    fn free_and_see_owner(locks: &KeyLocks, key: &str, owner: OwnerId) -> Option<OwnerId> {
+        let mut shard = locks.shard(&id(key)).lock();
+        let state = shard.get_mut(&id(key)).expect("a claimed key");
+        assert_eq!(state.owner, Some(owner));
+        state.owner = None;
+        state.hand_over();
+        state.owner
+    }
+
+    /// In a queue of waiters that have all waited long, a direct grant happens at most once
+    /// per `FAIR_HANDOFF_AFTER_US`: in between, a freed key is only offered (barging allowed),
+    /// so a long queue does not make every release a thread switch.
+    #[test]
+    fn direct_grants_take_turns_at_most_one_per_interval() {
+        let locks = Arc::new(KeyLocks::new());
+        let ts = Timestamp::new(1, 1);
+        locks.claim(&id("hot"), 1, ts, FOR_UPDATE).unwrap();
+        let spawn_waiter = |owner: OwnerId| {
+            let locks = locks.clone();
+            thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                locks.wait_for(&id("hot"), owner, deadline, &mut || Ok(()))
+            })
+        };
+        let second = spawn_waiter(2);
+        while queue_length(&locks, "hot") < 1 {
+            thread::yield_now();
+        }
+        let third = spawn_waiter(3);
+        while queue_length(&locks, "hot") < 2 {
+            thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_micros(2 * FAIR_HANDOFF_AFTER_US));
+        assert_eq!(
+            free_and_see_owner(&locks, "hot", 1),
+            Some(2),
+            "the first waiter waited long: granted"
+        );
+        // Freed again at once, as the granted waiter would after a short update.
+        assert_eq!(
+            free_and_see_owner(&locks, "hot", 2),
+            None,
+            "the next waiter waited long too, but its turn has not come: only woken"
+        );
+        if locks.claim(&id("hot"), 4, ts, FOR_UPDATE).is_ok() {
+            std::thread::sleep(Duration::from_micros(2 * FAIR_HANDOFF_AFTER_US));
+            assert_eq!(
+                free_and_see_owner(&locks, "hot", 4),
+                Some(3),
+                "its turn now"
+            );
+        }
+        assert_eq!(second.join().unwrap().unwrap(), None);
+        assert_eq!(third.join().unwrap().unwrap(), None);
+        locks.release([&id("hot")], 3, None, Timestamp::MAX);
         assert_eq!(locks.len(), 0);
     }
 
