@@ -9,7 +9,7 @@
 //! - `point_read`: random reads of preloaded documents, 1 and 64 readers;
 //! - `range_scan`: 100 consecutive documents from a random start, 1 and 64 readers;
 //! - `snapshot_read`: point reads in snapshots opened before 4 writers start rewriting the
-//!   documents the readers read, 1 and 64 readers;
+//!   documents the readers read, 1 and 64 readers (`writer_ops_per_sec`: the writers' rate);
 //! - `hot_doc`: read-modify-write increments of one document, 1 and 64 writers.
 
 use crate::Settings;
@@ -521,8 +521,15 @@ fn run_system(
         if !settings.wants_workload("snapshot_read") {
             break;
         }
-        let result = snapshot_read(system, plan, threads)?;
-        emit(reporter, system, "snapshot_read", threads, result)?;
+        let (result, replaced) = snapshot_read(system, plan, threads)?;
+        // The writers share the machine with the readers: how much they did shows how much of
+        // it they took.
+        let mut extra = serde_json::Map::new();
+        extra.insert(
+            "writer_ops_per_sec".into(),
+            serde_json::json!((replaced as f64 / result.1).round()),
+        );
+        emit_with(reporter, system, "snapshot_read", threads, result, extra)?;
     }
     for threads in [1, 64] {
         if !settings.wants_workload("hot_doc") {
@@ -544,10 +551,11 @@ fn snapshot_read(
     system: &dyn System,
     plan: &Plan,
     readers: usize,
-) -> anyhow::Result<(u64, f64, Latencies)> {
+) -> anyhow::Result<((u64, f64, Latencies), u64)> {
     const WRITERS: usize = 4;
     let opened = Barrier::new(readers + WRITERS);
     let stop = AtomicBool::new(false);
+    let replaced = std::sync::atomic::AtomicU64::new(0);
     let started = Instant::now();
     let results: Vec<anyhow::Result<(u64, Latencies)>> = std::thread::scope(|scope| {
         let mut handles = Vec::new();
@@ -568,7 +576,7 @@ fn snapshot_read(
         }
         let mut writers = Vec::new();
         for writer in 0..WRITERS {
-            let (opened, stop) = (&opened, &stop);
+            let (opened, stop, replaced) = (&opened, &stop, &replaced);
             writers.push(scope.spawn(move || -> anyhow::Result<()> {
                 let mut worker = system.worker()?;
                 opened.wait();
@@ -580,6 +588,7 @@ fn snapshot_read(
                     worker.replace(id, &replacement)?;
                     n += 1;
                 }
+                replaced.fetch_add(n, Ordering::Relaxed);
                 Ok(())
             }));
         }
@@ -603,7 +612,7 @@ fn snapshot_read(
         ops += thread_ops;
         latencies.merge(&thread_latencies);
     }
-    Ok((ops, seconds, latencies))
+    Ok(((ops, seconds, latencies), replaced.into_inner()))
 }
 
 pub fn run(settings: &Settings, reporter: &mut Reporter) -> anyhow::Result<()> {
