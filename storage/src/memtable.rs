@@ -80,6 +80,8 @@ impl LayerData {
 #[derive(Default)]
 pub(crate) struct Layer {
     data: RwLock<LayerData>,
+    /// Set once a redb commit holds the layer (when it is retired).
+    in_redb: std::sync::atomic::AtomicBool,
 }
 
 /// `BTreeMap::range` panics on inverted ranges (and on equal excluded bounds); those ranges
@@ -94,6 +96,11 @@ fn is_empty_range<K: Ord + ?Sized>(lower: &Bound<&K>, upper: &Bound<&K>) -> bool
 }
 
 impl Layer {
+    /// Whether a redb commit holds this layer: a redb transaction begun from now on sees it.
+    pub(crate) fn is_in_redb(&self) -> bool {
+        self.in_redb.load(Ordering::Acquire)
+    }
+
     /// Adds a batch; returns the bytes of values, keys and oplog entries it added.
     fn add(&self, batch: PendingBatch) -> usize {
         let mut data = self.data.write();
@@ -328,6 +335,7 @@ impl Memtable {
         layers.drain(..flushed.len());
         drop(layers);
         for layer in flushed {
+            layer.in_redb.store(true, Ordering::Release);
             let (units, bytes) = {
                 let data = layer.data.read();
                 (data.units, data.bytes)
@@ -514,5 +522,60 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         assert_eq!(scanned, latest, "a snapshot opened before the flush");
+    }
+
+    /// A snapshot that listed layers reads from a newer redb transaction once they are all
+    /// in redb, and drops them; it still reads exactly its own timestamp, also for keys
+    /// rewritten and deleted after it (found in history).
+    #[test]
+    fn a_snapshot_drops_its_layers_once_they_are_in_redb() {
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+        let config = EngineConfig {
+            commit_mode: CommitMode::Inline,
+            oplog_size_bytes: Some(64 * 1024 * 1024),
+            ..EngineConfig::default()
+        };
+        let clock_dyn: Arc<dyn Clock> = clock.clone();
+        let engine = Engine::open(config, Backend::Memory, clock_dyn).unwrap();
+        let mut model = Model::default();
+        commit_round(&engine, &mut model, 0);
+        flush_memtable(&engine.inner).unwrap();
+        commit_round(&engine, &mut model, 1);
+        let read_ts = engine.visible_timestamp();
+        let snapshot = engine.snapshot(ReadAt::Latest).unwrap();
+        assert_eq!(snapshot.layer_count(), 1, "round 1 is unflushed");
+        // Later rounds rewrite and delete the same keys, and everything reaches redb.
+        for round in 2..6 {
+            commit_round(&engine, &mut model, round);
+        }
+        let expected = model.at(read_ts);
+        let read_all = |snapshot: &crate::Snapshot| -> Vec<(Vec<u8>, Vec<u8>)> {
+            (0..30u32)
+                .filter_map(|id| {
+                    let value = snapshot.get(TABLE, &key(id)).unwrap()?;
+                    Some((key(id), value))
+                })
+                .collect()
+        };
+        assert_eq!(read_all(&snapshot), expected, "before the flush");
+        assert_eq!(snapshot.layer_count(), 1, "its layer is not in redb yet");
+        flush_memtable(&engine.inner).unwrap();
+        assert_eq!(read_all(&snapshot), expected, "after the flush");
+        assert!(snapshot.layer_count() == 0, "the layer was dropped");
+        let scanned: Vec<_> = snapshot
+            .scan(
+                TABLE,
+                (Bound::Unbounded, Bound::Unbounded),
+                ScanDirection::Forward,
+            )
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(scanned, expected, "a scan after the refresh");
+        let oplog = snapshot
+            .oplog_scan(Bound::Unbounded, ScanDirection::Forward)
+            .unwrap()
+            .count();
+        assert_eq!(oplog, 24, "the oplog through the read timestamp");
     }
 }

@@ -57,9 +57,11 @@ struct Tables {
 pub struct Snapshot {
     inner: Arc<Inner>,
     pin: PinGuard,
-    /// The memtable's layers as of the pin, oldest first.
-    layers: Vec<Arc<Layer>>,
-    txn: redb::ReadTransaction,
+    /// The memtable's layers as of the pin, oldest first, and the redb transaction they
+    /// complete. Once every listed layer is in redb, a newer redb transaction replaces both
+    /// ([`Snapshot::refresh`]).
+    layers: RefCell<Vec<Arc<Layer>>>,
+    txn: RefCell<redb::ReadTransaction>,
     /// Table handles opened so far (`None`: the table does not exist in this snapshot).
     tables: RefCell<HashMap<u64, Option<Arc<Tables>>>>,
 }
@@ -142,10 +144,41 @@ impl Snapshot {
         Ok(Snapshot {
             inner,
             pin,
-            layers,
-            txn,
+            layers: RefCell::new(layers),
+            txn: RefCell::new(txn),
             tables: RefCell::new(HashMap::new()),
         })
+    }
+
+    /// How many memtable layers this snapshot reads before redb.
+    #[cfg(test)]
+    pub(crate) fn layer_count(&self) -> usize {
+        self.layers.borrow().len()
+    }
+
+    /// Once every memtable layer this snapshot listed has been written to redb, reads from a
+    /// newer redb transaction instead, and drops the layers: a long-lived snapshot would
+    /// otherwise search them before redb on every read for its whole life. The newer
+    /// transaction also holds commits after the read timestamp, which reads skip as they do
+    /// in any snapshot (the current version, else history), and the pin keeps every version
+    /// visible at the read timestamp from garbage collection. Scans already open keep what they
+    /// started with.
+    fn refresh(&self) -> Result<(), Error> {
+        let stale = {
+            let layers = self.layers.borrow();
+            !layers.is_empty() && layers.iter().all(|layer| layer.is_in_redb())
+        };
+        if stale {
+            let txn = self
+                .inner
+                .db
+                .begin_read()
+                .map_err(|error| storage_error("refreshing a snapshot", error))?;
+            *self.txn.borrow_mut() = txn;
+            self.layers.borrow_mut().clear();
+            self.tables.borrow_mut().clear();
+        }
+        Ok(())
     }
 
     /// The read timestamp: this snapshot sees exactly the commits at or before it.
@@ -157,7 +190,7 @@ impl Snapshot {
         if let Some(tables) = self.tables.borrow().get(&ident) {
             return Ok(tables.clone());
         }
-        let current = open_raw(&self.txn, &format::current_table_name(ident))?;
+        let current = open_raw(&self.txn.borrow(), &format::current_table_name(ident))?;
         let tables = current.map(|current| {
             Arc::new(Tables {
                 current,
@@ -172,14 +205,16 @@ impl Snapshot {
         if let Some(history) = tables.history.get() {
             return Ok(history.clone());
         }
-        let history = open_raw(&self.txn, &format::history_table_name(ident))?.map(Arc::new);
+        let history =
+            open_raw(&self.txn.borrow(), &format::history_table_name(ident))?.map(Arc::new);
         Ok(tables.history.get_or_init(|| history).clone())
     }
 
     /// The value of `key` in table `ident` as of the read timestamp.
     pub fn get(&self, ident: u64, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         let read_ts = self.read_timestamp();
-        for layer in self.layers.iter().rev() {
+        self.refresh()?;
+        for layer in self.layers.borrow().iter().rev() {
             if let Some(found) = layer.resolve(ident, key, read_ts) {
                 return Ok(found);
             }
@@ -215,8 +250,10 @@ impl Snapshot {
         if range_is_empty(&as_slices) {
             return Ok(ScanIter { state: None });
         }
+        self.refresh()?;
         let layers: Vec<Arc<Layer>> = self
             .layers
+            .borrow()
             .iter()
             .filter(|layer| layer.has_table(ident))
             .cloned()
@@ -299,8 +336,10 @@ impl Snapshot {
         from: Bound<Timestamp>,
         direction: ScanDirection,
     ) -> Result<OplogIter, Error> {
+        self.refresh()?;
         let table = self
             .txn
+            .borrow()
             .open_table(format::OPLOG)
             .map_err(|error| storage_error("opening the oplog", error))?;
         let read_ts = self.read_timestamp();
@@ -326,6 +365,7 @@ impl Snapshot {
             .map_err(|error| storage_error("scanning the oplog", error))?;
         let layers: Vec<Arc<Layer>> = self
             .layers
+            .borrow()
             .iter()
             .filter(|layer| layer.has_oplog())
             .cloned()
