@@ -419,6 +419,17 @@ mod tests {
         }
     }
 
+    /// An engine in memory that commits inline (nothing flushes unless a test does).
+    fn inline_engine() -> Engine {
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(1_700_000_000_000));
+        let config = EngineConfig {
+            commit_mode: CommitMode::Inline,
+            oplog_size_bytes: Some(64 * 1024 * 1024),
+            ..EngineConfig::default()
+        };
+        Engine::open(config, Backend::Memory, clock).unwrap()
+    }
+
     fn check(engine: &Engine, model: &Model, timestamps: &[Timestamp]) {
         for &read_ts in timestamps {
             let snapshot = engine.snapshot(ReadAt::Timestamp(read_ts)).unwrap();
@@ -483,14 +494,7 @@ mod tests {
     /// flushed, agree with the model; a snapshot opened before a flush reads the same after it.
     #[test]
     fn reads_merge_layers_and_redb_at_every_timestamp() {
-        let clock = Arc::new(ManualClock::new(1_700_000_000_000));
-        let config = EngineConfig {
-            commit_mode: CommitMode::Inline,
-            oplog_size_bytes: Some(64 * 1024 * 1024),
-            ..EngineConfig::default()
-        };
-        let clock_dyn: Arc<dyn Clock> = clock.clone();
-        let engine = Engine::open(config, Backend::Memory, clock_dyn).unwrap();
+        let engine = inline_engine();
         let mut model = Model::default();
         let mut timestamps = Vec::new();
         // Round 0 goes to redb; rounds 1 and 2 stay in frozen layers; round 3 is active.
@@ -529,14 +533,7 @@ mod tests {
     /// rewritten and deleted after it (found in history).
     #[test]
     fn a_snapshot_drops_its_layers_once_they_are_in_redb() {
-        let clock = Arc::new(ManualClock::new(1_700_000_000_000));
-        let config = EngineConfig {
-            commit_mode: CommitMode::Inline,
-            oplog_size_bytes: Some(64 * 1024 * 1024),
-            ..EngineConfig::default()
-        };
-        let clock_dyn: Arc<dyn Clock> = clock.clone();
-        let engine = Engine::open(config, Backend::Memory, clock_dyn).unwrap();
+        let engine = inline_engine();
         let mut model = Model::default();
         commit_round(&engine, &mut model, 0);
         flush_memtable(&engine.inner).unwrap();

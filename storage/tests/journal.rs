@@ -23,6 +23,16 @@ fn journal_only() -> EngineConfig {
     }
 }
 
+/// Commits inline, and the periodic work (`run_periodic_work`) always finds the durable
+/// commit due.
+fn periodic_on_demand() -> EngineConfig {
+    EngineConfig {
+        commit_mode: cairn_storage::CommitMode::Inline,
+        data_sync_interval_ms: 0,
+        ..journal_only()
+    }
+}
+
 fn value(id: i64, round: u32) -> Vec<u8> {
     format!("value {id} round {round}").into_bytes()
 }
@@ -223,11 +233,7 @@ fn a_journal_left_over_from_another_data_file_is_never_replayed() {
 fn commits_during_a_durable_commit_that_never_lands_survive_by_replay_of_both_files() {
     let memory = CrashableMemory::new();
     let clock = clock();
-    let config = EngineConfig {
-        commit_mode: cairn_storage::CommitMode::Inline,
-        data_sync_interval_ms: 0,
-        ..journal_only()
-    };
+    let config = periodic_on_demand();
     let engine = open_with(&Backend::Crashable(memory.clone()), &clock, config.clone());
     // Before the switch: j:true commits, then j:false ones that are never synced by
     // themselves.
@@ -303,11 +309,7 @@ fn commits_during_a_durable_commit_that_never_lands_survive_by_replay_of_both_fi
 fn after_a_periodic_durable_commit_only_the_new_generation_is_replayed() {
     let memory = CrashableMemory::new();
     let clock = clock();
-    let config = EngineConfig {
-        commit_mode: cairn_storage::CommitMode::Inline,
-        data_sync_interval_ms: 0,
-        ..journal_only()
-    };
+    let config = periodic_on_demand();
     let engine = open_with(&Backend::Crashable(memory.clone()), &clock, config.clone());
     for round in 1..=3 {
         for id in 0..10 {
