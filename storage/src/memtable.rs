@@ -430,6 +430,19 @@ mod tests {
         Engine::open(config, Backend::Memory, clock).unwrap()
     }
 
+    /// Every key and value of the table, forwards.
+    fn scan_all(snapshot: &crate::Snapshot) -> Vec<(Vec<u8>, Vec<u8>)> {
+        snapshot
+            .scan(
+                TABLE,
+                (Bound::Unbounded, Bound::Unbounded),
+                ScanDirection::Forward,
+            )
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
     fn check(engine: &Engine, model: &Model, timestamps: &[Timestamp]) {
         for &read_ts in timestamps {
             let snapshot = engine.snapshot(ReadAt::Timestamp(read_ts)).unwrap();
@@ -516,16 +529,11 @@ mod tests {
         flush_memtable(&engine.inner).unwrap();
         assert_eq!(engine.inner.memtable.unflushed_units(), 0);
         check(&engine, &model, &timestamps);
-        let scanned: Vec<_> = before_flush
-            .scan(
-                TABLE,
-                (Bound::Unbounded, Bound::Unbounded),
-                ScanDirection::Forward,
-            )
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        assert_eq!(scanned, latest, "a snapshot opened before the flush");
+        assert_eq!(
+            scan_all(&before_flush),
+            latest,
+            "a snapshot opened before the flush"
+        );
     }
 
     /// A snapshot that listed layers reads from a newer redb transaction once they are all
@@ -558,17 +566,8 @@ mod tests {
         assert_eq!(snapshot.layer_count(), 1, "its layer is not in redb yet");
         flush_memtable(&engine.inner).unwrap();
         assert_eq!(read_all(&snapshot), expected, "after the flush");
-        assert!(snapshot.layer_count() == 0, "the layer was dropped");
-        let scanned: Vec<_> = snapshot
-            .scan(
-                TABLE,
-                (Bound::Unbounded, Bound::Unbounded),
-                ScanDirection::Forward,
-            )
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        assert_eq!(scanned, expected, "a scan after the refresh");
+        assert_eq!(snapshot.layer_count(), 0, "the layer was dropped");
+        assert_eq!(scan_all(&snapshot), expected, "a scan after the refresh");
         let oplog = snapshot
             .oplog_scan(Bound::Unbounded, ScanDirection::Forward)
             .unwrap()
