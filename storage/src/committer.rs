@@ -564,19 +564,15 @@ fn background_durable_commit(inner: &Inner, checkpoint: bool) -> Result<(), Erro
     let oldest = inner.timestamps.lock().oldest;
     let committed = (|| {
         let txn = begin(inner, true)?;
+        // The flushes wrote the commit state of what redb holds; the stable timestamp may have
+        // moved on since without a commit.
+        let stored = stored_commit_state(&txn)?;
         {
             let mut meta = txn
                 .open_table(META)
                 .map_err(|error| storage_error("opening metadata", error))?;
             put_meta(&mut meta, format::META_JOURNAL_GENERATION, generation)?;
             put_meta(&mut meta, format::META_OLDEST_TS, oldest.as_u64())?;
-            // The flushes wrote the commit state of what redb holds; the stable timestamp may
-            // have moved on since without a commit.
-            let stored = meta
-                .get(format::META_COMMIT_STATE)
-                .map_err(|error| storage_error("reading metadata", error))?
-                .map(|guard| format::CommitState::decode(guard.value()))
-                .unwrap_or_default();
             assert!(
                 stored.last_ts >= closed_ts,
                 "redb holds every commit of the closed generation"
@@ -1472,7 +1468,10 @@ fn collect_garbage(inner: &Inner) -> Result<usize, Error> {
             put_commit_state(
                 &mut meta,
                 &format::CommitState {
-                    oplog_bytes: stored.oplog_bytes - truncated_bytes,
+                    oplog_bytes: stored
+                        .oplog_bytes
+                        .checked_sub(truncated_bytes)
+                        .expect("redb's oplog byte count covers the entries truncated from it"),
                     ..stored
                 },
             )?;

@@ -950,3 +950,76 @@ fn a_key_committed_after_the_snapshot_is_claimed_through_its_queue() {
     let snapshot = engine.snapshot(ReadAt::Latest).unwrap();
     assert_eq!(snapshot.get(TABLE, &key(7)).unwrap(), Some(value("mine")));
 }
+
+/// Garbage collection runs beside commits and truncates the capped oplog while they append to
+/// it: the oplog's byte count (in memory, and as redb stores it for the next open) stays the
+/// sum of the entries actually there. (It was set from totals taken before the other side's
+/// change, which lost what one side did while the other ran.)
+#[test]
+fn the_oplog_byte_count_stays_exact_while_collection_truncates_beside_commits() {
+    let memory = cairn_storage::CrashableMemory::new();
+    let backend = cairn_storage::Backend::Crashable(memory);
+    let clock = common::clock();
+    let config = cairn_storage::EngineConfig {
+        commit_mode: cairn_storage::CommitMode::Inline,
+        oplog_size_bytes: Some(16 * 1024),
+        gc_interval_ms: 1,
+        ..common::config()
+    };
+    let oplog_sum = |engine: &cairn_storage::Engine| -> u64 {
+        engine
+            .snapshot(ReadAt::Latest)
+            .unwrap()
+            .oplog_scan(std::ops::Bound::Unbounded, ScanDirection::Forward)
+            .unwrap()
+            .map(|entry| entry.unwrap().1.len() as u64)
+            .sum()
+    };
+    let engine = common::open_with(&backend, &clock, config.clone());
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..2i64)
+            .map(|writer| {
+                let engine = engine.clone();
+                scope.spawn(move || {
+                    for n in 0..1_500i64 {
+                        let mut unit = engine.begin_write();
+                        unit.put(100, &key(writer * 10_000 + n), b"v").unwrap();
+                        unit.append_oplog(doc! { "op": "i", "n": n, "pad": "x".repeat(64) });
+                        unit.commit(Durability::Visible).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let collector = scope.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                clock.advance(Duration::from_millis(2));
+                engine.run_periodic_work();
+            }
+        });
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        collector.join().unwrap();
+    });
+    clock.advance(Duration::from_millis(2));
+    engine.run_periodic_work();
+    assert!(
+        engine.stats().oplog_entries_truncated > 0,
+        "the cap truncated the oplog"
+    );
+    assert_eq!(
+        engine.timestamps().oplog_bytes,
+        oplog_sum(&engine),
+        "in memory"
+    );
+    engine.close().unwrap();
+    let engine = common::open_with(&backend, &clock, config);
+    assert_eq!(
+        engine.timestamps().oplog_bytes,
+        oplog_sum(&engine),
+        "as stored"
+    );
+    engine.close().unwrap();
+}
