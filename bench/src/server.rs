@@ -3,7 +3,8 @@
 //! `peers` (or `postgres`) feature, against PostgreSQL (a jsonb table) in the same run.
 //!
 //! - cairn: a node started in this process (`cairn_server::EmbeddedNode`, the same serving code
-//!   as `cairnd`) on its own tokio runtime, on loopback, data in a temporary directory. The
+//!   as `cairnd`: its accept loop on its own tokio runtime, connections on its network threads),
+//!   on loopback, data in a temporary directory. The
 //!   client threads are tokio tasks on a separate 2-worker runtime.
 //!   - `protocol: grpc`: all tasks share one `cairn_driver::Client` (its default pool: 2 HTTP/2
 //!     connections that multiplex every call). A read is `find_one({_id})`, an update
@@ -319,7 +320,7 @@ impl CairnPeer {
     fn start(client_runtime: &tokio::runtime::Runtime, records: u64) -> anyhow::Result<CairnPeer> {
         let server_runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
-            .thread_name("cairnd-net")
+            .thread_name("cairnd-main")
             .build()?;
         let config = cairn_server::NodeConfig {
             port: 0,

@@ -52,6 +52,8 @@ pub struct NodeConfig {
     pub connections_max: u32,
     /// Verify every page checksum of the data file when starting.
     pub verify_checksums_on_open: bool,
+    /// Threads that serve connections (`network`); 0: one per core.
+    pub network_threads: usize,
 }
 
 impl Default for NodeConfig {
@@ -72,6 +74,7 @@ impl Default for NodeConfig {
             cursor_timeout_ms: 10 * 60 * 1000,
             connections_max: 1_000_000,
             verify_checksums_on_open: true,
+            network_threads: 0,
         }
     }
 }

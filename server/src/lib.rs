@@ -10,6 +10,7 @@
 //! - `cursors`: server cursors for getMore;
 //! - `grpc`: the gRPC transport;
 //! - `wire`: the MongoDB wire protocol transport (OP_MSG, OP_QUERY handshake);
+//! - `network`: the network threads connections live on;
 //! - `config`: flags and the config file.
 
 pub mod commands;
@@ -18,6 +19,7 @@ pub mod cursors;
 pub mod exec;
 pub mod grpc;
 pub mod metrics;
+pub mod network;
 pub mod node;
 pub mod opctx;
 pub mod wire;
@@ -99,12 +101,18 @@ pub async fn serve(
     listeners: Vec<tokio::net::TcpListener>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let threads = match node.config().network_threads {
+        0 => network::default_thread_count(),
+        count => count,
+    };
+    let network = std::sync::Arc::new(network::NetworkThreads::start(threads)?);
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     let mut accepters = Vec::new();
     for listener in listeners {
         accepters.push(tokio::spawn(accept_connections(
             listener,
             node.clone(),
+            network.clone(),
             stop.clone(),
         )));
     }
@@ -113,14 +121,19 @@ pub async fn serve(
     for accepter in accepters {
         accepter.await?;
     }
+    match std::sync::Arc::try_unwrap(network) {
+        Ok(network) => network.stop().await,
+        Err(_) => unreachable!("the accepters, the only other holders, have ended"),
+    }
     Ok(())
 }
 
 /// Accepts connections on one listener until the stop signal, then waits for the connections
-/// it started to end.
+/// it started to end. Each connection is served on a network thread ([`network`]).
 async fn accept_connections(
     listener: tokio::net::TcpListener,
     node: Node,
+    network: std::sync::Arc<network::NetworkThreads>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut connections = tokio::task::JoinSet::new();
@@ -155,7 +168,28 @@ async fn accept_connections(
                     tracing::debug!(%peer, %error, "cannot set socket options");
                 }
                 let guard = node.connection_opened(peer.to_string());
-                connections.spawn(route_connection(stream, guard, node.clone(), stop.clone()));
+                // The stream moves to the network thread's runtime as a std socket: a tokio
+                // socket is registered with the runtime that accepted it.
+                let stream = match stream.into_std() {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        tracing::warn!(%peer, %error, "cannot hand the connection to a network thread");
+                        continue;
+                    }
+                };
+                let (runtime, placement) = network.place();
+                let node = node.clone();
+                let stop = stop.clone();
+                connections.spawn_on(
+                    async move {
+                        let _placement = placement;
+                        match tokio::net::TcpStream::from_std(stream) {
+                            Ok(stream) => route_connection(stream, guard, node, stop).await,
+                            Err(error) => tracing::warn!(%peer, %error, "cannot register the connection"),
+                        }
+                    },
+                    &runtime,
+                );
             }
         }
     }

@@ -54,7 +54,7 @@ fn main() {
     init_logging(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .thread_name("cairnd-net")
+        .thread_name("cairnd-main")
         .build()
         .expect("tokio runtime");
     let node = match Node::open(config.clone()) {
