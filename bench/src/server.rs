@@ -306,6 +306,16 @@ where
 
 // ---- cairn ----
 
+/// Counters of serverStatus that a measurement reports the change of.
+struct NodeCounters {
+    /// `metrics.operation.writeConflicts`: conflicts the node retried internally.
+    write_conflicts: i64,
+    /// `cairn.execution.inline`: commands answered on a network thread.
+    inline: i64,
+    /// `cairn.execution.handedBack`: inline attempts that ran on a blocking thread instead.
+    handed_back: i64,
+}
+
 struct CairnPeer {
     /// The node's own runtime, as `cairnd` has one.
     server_runtime: tokio::runtime::Runtime,
@@ -398,7 +408,7 @@ impl CairnPeer {
         threads: usize,
         durability: Durability,
     ) -> anyhow::Result<Record> {
-        let write_conflicts_before = client_runtime.block_on(self.write_conflicts())?;
+        let before = client_runtime.block_on(self.counters())?;
         let (measurement, clients) = match protocol {
             Protocol::Grpc => {
                 let collection = self.collection(durability);
@@ -429,8 +439,7 @@ impl CairnPeer {
                 (measurement, clients)
             }
         };
-        let write_conflicts =
-            client_runtime.block_on(self.write_conflicts())? - write_conflicts_before;
+        let after = client_runtime.block_on(self.counters())?;
         let write_concern = match durability {
             Durability::Relaxed => "{w: 1, j: false}",
             Durability::Durable => "{w: 1, j: true}",
@@ -443,7 +452,15 @@ impl CairnPeer {
                 ("write_concern", write_concern.into()),
                 ("protocol", protocol.label().into()),
                 ("clients", clients.into()),
-                ("write_conflicts", write_conflicts.into()),
+                (
+                    "write_conflicts",
+                    (after.write_conflicts - before.write_conflicts).into(),
+                ),
+                ("inline", (after.inline - before.inline).into()),
+                (
+                    "handed_back",
+                    (after.handed_back - before.handed_back).into(),
+                ),
             ],
         );
         Ok(record(plan, "cairn", threads, measurement, extra))
@@ -534,17 +551,24 @@ impl CairnPeer {
     }
 
     /// `serverStatus.metrics.operation.writeConflicts`: conflicts the node retried internally.
-    async fn write_conflicts(&self) -> anyhow::Result<i64> {
+    async fn counters(&self) -> anyhow::Result<NodeCounters> {
         let status = self
             .client
             .database("admin")
             .run_command(doc! {"serverStatus": 1})
             .await?;
-        let conflicts = status
+        let write_conflicts = status
             .get_document("metrics")
             .and_then(|metrics| metrics.get_document("operation"))
             .and_then(|operation| operation.get_i64("writeConflicts"))?;
-        Ok(conflicts)
+        let execution = status
+            .get_document("cairn")
+            .and_then(|cairn| cairn.get_document("execution"))?;
+        Ok(NodeCounters {
+            write_conflicts,
+            inline: execution.get_i64("inline")?,
+            handed_back: execution.get_i64("handedBack")?,
+        })
     }
 
     fn stop(self, client_runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {

@@ -2,7 +2,11 @@
 //!
 //! A connection is one HTTP/2 connection that multiplexes any number of concurrent calls. A
 //! small, fixed number of connections per server (`maxPoolSize`, default 2) spreads the load of
-//! many concurrent operations; calls take them round-robin. A connection opens on its first call
+//! many concurrent operations; a call takes the one with the fewest calls in flight (the first
+//! of them on a tie), so one task's calls, one after another, all go to one connection. (Taken
+//! round-robin, consecutive calls of one task alternated between two connection tasks, and
+//! waking the second while the first sat in tokio's next-task slot woke another worker thread:
+//! about one thread switch per two calls.) A connection opens on its first call
 //! and opens again when it has closed or failed: a call that finds its connection gone before
 //! anything reached the server is made again, once, on a new one;
 //! an idle connection is checked with an HTTP/2 PING every [`KEEPALIVE_INTERVAL`] and dropped
@@ -48,6 +52,25 @@ pub(crate) struct Connection {
     /// The last failure to open, and when: calls that waited for that attempt get its failure
     /// instead of trying again one after another.
     open_failed: Mutex<Option<(Instant, Status)>>,
+    /// Calls in flight on this connection (the pool picks the least busy connection).
+    in_flight: AtomicUsize,
+}
+
+/// Counts a call in flight on its connection until dropped (the call ended or was dropped).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn start(counter: &'a AtomicUsize) -> InFlight<'a> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let before = self.0.fetch_sub(1, Ordering::Relaxed);
+        assert!(before > 0, "a call leaves the in-flight count once");
+    }
 }
 
 /// An open HTTP/2 connection.
@@ -80,12 +103,14 @@ impl Connection {
             opened: AtomicU64::new(0),
             opening: tokio::sync::Mutex::new(()),
             open_failed: Mutex::new(None),
+            in_flight: AtomicUsize::new(0),
         })
     }
 
     /// Runs one command: the BSON bytes of the command in (after the room that
     /// `framing::document_buffer` reserves), those of the reply out.
     pub(crate) async fn run_command(&self, command: Vec<u8>) -> Result<Bytes> {
+        let _in_flight = InFlight::start(&self.in_flight);
         self.call(command)
             .await
             .map_err(|status| Error::network(Some(self.address.clone()), &status))
@@ -293,7 +318,16 @@ impl Connection {
 /// The connections of one server.
 struct ServerConnections {
     connections: Vec<Arc<Connection>>,
-    next: AtomicUsize,
+}
+
+impl ServerConnections {
+    /// The connection with the fewest calls in flight, the first of them on a tie.
+    fn least_busy(&self) -> &Arc<Connection> {
+        self.connections
+            .iter()
+            .min_by_key(|connection| connection.in_flight.load(Ordering::Relaxed))
+            .expect("a server has at least one connection")
+    }
 }
 
 /// Connections to every server the client has talked to.
@@ -313,7 +347,7 @@ impl Pool {
         }
     }
 
-    /// A connection to `address`, round-robin over the server's connections.
+    /// A connection to `address`: the least busy of the server's connections.
     pub(crate) fn connection(&self, address: &ServerAddress) -> Result<Arc<Connection>> {
         let server = {
             let mut servers = self.servers.lock().expect("pool lock");
@@ -325,17 +359,13 @@ impl Pool {
                             Connection::new(address.clone(), self.connect_timeout).map(Arc::new)
                         })
                         .collect::<Result<Vec<_>>>()?;
-                    let server = Arc::new(ServerConnections {
-                        connections,
-                        next: AtomicUsize::new(0),
-                    });
+                    let server = Arc::new(ServerConnections { connections });
                     servers.insert(address.clone(), server.clone());
                     server
                 }
             }
         };
-        let index = server.next.fetch_add(1, Ordering::Relaxed) % server.connections.len();
-        Ok(server.connections[index].clone())
+        Ok(server.least_busy().clone())
     }
 
     /// Forgets the connections of servers that left the topology.
@@ -344,5 +374,61 @@ impl Pool {
             .lock()
             .expect("pool lock")
             .retain(|address, _| keep(address));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connections(count: usize) -> ServerConnections {
+        let address = ServerAddress::parse("localhost:27027").unwrap();
+        ServerConnections {
+            connections: (0..count)
+                .map(|_| {
+                    Arc::new(Connection::new(address.clone(), Duration::from_secs(1)).unwrap())
+                })
+                .collect(),
+        }
+    }
+
+    fn index_of(server: &ServerConnections, chosen: &Arc<Connection>) -> usize {
+        server
+            .connections
+            .iter()
+            .position(|connection| Arc::ptr_eq(connection, chosen))
+            .unwrap()
+    }
+
+    #[test]
+    fn calls_one_after_another_stay_on_one_connection() {
+        let server = connections(2);
+        for _ in 0..10 {
+            let chosen = server.least_busy().clone();
+            assert_eq!(index_of(&server, &chosen), 0);
+            let _call = InFlight::start(&chosen.in_flight);
+        }
+    }
+
+    #[test]
+    fn concurrent_calls_spread_over_the_least_busy_connections() {
+        let server = connections(3);
+        let mut calls = Vec::new();
+        let mut chosen_order = Vec::new();
+        for _ in 0..6 {
+            let chosen = server.least_busy().clone();
+            chosen_order.push(index_of(&server, &chosen));
+            calls.push(chosen);
+            let last = calls.last().unwrap();
+            last.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        assert_eq!(chosen_order, vec![0, 1, 2, 0, 1, 2]);
+        // The calls on connection 1 end: it is the least busy.
+        for call in &calls {
+            if index_of(&server, call) == 1 {
+                let _ended = InFlight(&call.in_flight);
+            }
+        }
+        assert_eq!(index_of(&server, server.least_busy()), 1);
     }
 }

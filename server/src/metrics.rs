@@ -21,6 +21,10 @@ pub struct Metrics {
     pub cursors_opened: AtomicU64,
     pub cursors_timed_out: AtomicU64,
     pub commands_failed: AtomicU64,
+    /// Commands answered inline on a network thread (`commands::Execution::Inline`).
+    pub inline_ran: AtomicU64,
+    /// Inline attempts handed back to run on a blocking thread (they would have waited).
+    pub inline_handed_back: AtomicU64,
 }
 
 pub fn add(counter: &AtomicU64, value: u64) {
@@ -32,6 +36,14 @@ fn load(counter: &AtomicU64) -> i64 {
 }
 
 impl Metrics {
+    /// serverStatus.cairn.execution: where commands ran.
+    pub fn execution(&self) -> Document {
+        doc! {
+            "inline": load(&self.inline_ran),
+            "handedBack": load(&self.inline_handed_back),
+        }
+    }
+
     /// serverStatus.opcounters.
     pub fn opcounters(&self) -> Document {
         doc! {

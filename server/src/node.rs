@@ -165,8 +165,14 @@ impl Node {
         command: Document,
     ) -> Result<Document, Document> {
         match commands::run_as(&self.inner, client, command, commands::Execution::Inline) {
-            commands::Ran::Reply(reply) => Ok(reply),
-            commands::Ran::WouldBlock(command) => Err(command),
+            commands::Ran::Reply(reply) => {
+                crate::metrics::add(&self.inner.metrics.inline_ran, 1);
+                Ok(reply)
+            }
+            commands::Ran::WouldBlock(command) => {
+                crate::metrics::add(&self.inner.metrics.inline_handed_back, 1);
+                Err(command)
+            }
         }
     }
 

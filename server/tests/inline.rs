@@ -43,6 +43,20 @@ fn queries(node: &Node) -> i64 {
         .unwrap()
 }
 
+/// `serverStatus.cairn.execution`: (inline, handedBack).
+fn execution(node: &Node) -> (i64, i64) {
+    let status = run(node, doc! {"serverStatus": 1, "$db": "admin"});
+    let execution = status
+        .get_document("cairn")
+        .unwrap()
+        .get_document("execution")
+        .unwrap();
+    (
+        execution.get_i64("inline").unwrap(),
+        execution.get_i64("handedBack").unwrap(),
+    )
+}
+
 #[test]
 fn an_id_lookup_and_a_ping_run_inline() {
     let (node, _dir) = node();
@@ -51,6 +65,7 @@ fn an_id_lookup_and_a_ping_run_inline() {
         doc! {"insert": "c", "documents": [{"_id": 1, "v": "one"}], "$db": "app"},
     );
     let before = queries(&node);
+    let (inline_before, handed_back_before) = execution(&node);
     let client = ClientInfo::default();
     let reply = node
         .try_run_command_inline(
@@ -80,6 +95,11 @@ fn an_id_lookup_and_a_ping_run_inline() {
         .try_run_command_inline(&client, doc! {"find": "c", "filter": 5, "$db": "app"})
         .unwrap();
     assert_eq!(bad.get_i32("code").unwrap(), 14, "{bad}");
+    assert_eq!(
+        execution(&node),
+        (inline_before + 4, handed_back_before),
+        "two finds, a ping and an error answered inline"
+    );
 }
 
 #[test]
@@ -91,6 +111,8 @@ fn anything_that_could_wait_is_handed_back_untouched() {
     );
     let client = ClientInfo::default();
     let before = queries(&node);
+    let (inline_before, handed_back_before) = execution(&node);
+    let mut handed_back = 0;
     for command in [
         // Needs a plan (could scan for long).
         doc! {"find": "c", "filter": {"v": {"$gt": 0}}, "$db": "app"},
@@ -111,8 +133,13 @@ fn anything_that_could_wait_is_handed_back_untouched() {
             .try_run_command_inline(&client, command.clone())
             .expect_err("handed back");
         assert_eq!(back, command);
+        handed_back += 1;
     }
     assert_eq!(queries(&node), before, "a handed-back find is not counted");
+    assert_eq!(
+        execution(&node),
+        (inline_before, handed_back_before + handed_back)
+    );
     let count = run(&node, doc! {"count": "c", "$db": "app"});
     assert_eq!(count.get_i32("n").unwrap(), 2, "nothing was written inline");
     let unchanged = run(

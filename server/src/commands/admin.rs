@@ -26,6 +26,8 @@ pub(super) fn server_status(opctx: &mut OpCtx<'_>, _request: &Request) -> Result
     let uptime = node.started.elapsed();
     let (virtual_mb, resident_mb) = resident_memory_mb();
     let engine = node.engine.stats();
+    let mut cairn = engine.to_document();
+    cairn.insert("execution", node.metrics.execution());
     let (open_cursors, no_timeout_cursors) = node.cursors.counts();
     Ok(doc! {
         "host": super::basic::hostname(),
@@ -66,7 +68,7 @@ pub(super) fn server_status(opctx: &mut OpCtx<'_>, _request: &Request) -> Result
             "persistent": true,
             "backupCursorOpen": false,
         },
-        "cairn": engine.to_document(),
+        "cairn": cairn,
         "ok": 1.0,
     })
 }
