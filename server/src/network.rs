@@ -10,10 +10,24 @@
 //!
 //! Commands that may block still leave the network thread (`spawn_blocking`, on the thread's
 //! runtime's blocking pool), so a blocked operation never stalls the other connections of its
-//! thread. A new connection goes to the thread with the fewest open connections.
+//! thread.
+//!
+//! A new connection goes to the least loaded thread: the share of its recent time the thread
+//! spent on the CPU, plus [`CONNECTION_LOAD_PERMILLE`] for each connection it has. Counting
+//! connections alone put a client's two busy connections on one thread beside an idle one:
+//! idle connections (a driver's monitoring connection) counted as much as busy ones. It is a
+//! guess made once, when the connection opens: connections that open together, before any of
+//! them is busy, can still end up together.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// How often a network thread measures its own CPU time.
+const LOAD_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+/// What an open connection adds to its thread's load (CPU time per wall time, in thousandths)
+/// when placing a new one, so that among idle threads the one with fewer connections wins.
+const CONNECTION_LOAD_PERMILLE: u32 = 20;
 
 /// Network threads when the configuration leaves it to the machine: one per core.
 pub fn default_thread_count() -> usize {
@@ -24,6 +38,8 @@ struct NetworkThread {
     runtime: tokio::runtime::Handle,
     /// Open connections placed on this thread.
     connections: Arc<AtomicUsize>,
+    /// The thread's CPU time over its last sample interval, in thousandths of the interval.
+    load_permille: Arc<AtomicU32>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -57,11 +73,16 @@ impl NetworkThreads {
                 .build()?;
             let handle = runtime.handle().clone();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let load_permille = Arc::new(AtomicU32::new(0));
+            let load = load_permille.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("cairnd-net-{index}"))
                 .spawn(move || {
                     runtime.block_on(async move {
-                        let _ = stopped.await;
+                        tokio::select! {
+                            _ = stopped => {}
+                            _ = measure_load(&load) => {}
+                        }
                     });
                     // Dropped here, on its own thread, outside any runtime: waits for the
                     // blocking commands its connections started.
@@ -70,6 +91,7 @@ impl NetworkThreads {
             threads.push(NetworkThread {
                 runtime: handle,
                 connections: Arc::new(AtomicUsize::new(0)),
+                load_permille,
                 stop: Some(stop),
                 thread: Some(thread),
             });
@@ -77,13 +99,16 @@ impl NetworkThreads {
         Ok(NetworkThreads { threads })
     }
 
-    /// The thread a new connection goes to (the one with the fewest open connections, the
-    /// first of them on a tie), and the connection's placement there.
+    /// The thread a new connection goes to (the least loaded: see the module's comment), and
+    /// the connection's placement there.
     pub fn place(&self) -> (tokio::runtime::Handle, Placement) {
         let thread = self
             .threads
             .iter()
-            .min_by_key(|thread| thread.connections.load(Ordering::Relaxed))
+            .min_by_key(|thread| {
+                thread.load_permille.load(Ordering::Relaxed)
+                    + CONNECTION_LOAD_PERMILLE * thread.connections.load(Ordering::Relaxed) as u32
+            })
             .expect("at least one network thread");
         thread.connections.fetch_add(1, Ordering::Relaxed);
         (
@@ -118,6 +143,38 @@ impl NetworkThreads {
             tracing::error!(%error, "cannot wait for the network threads");
         }
     }
+}
+
+/// Measures the calling thread's load every [`LOAD_SAMPLE_INTERVAL`], forever: its CPU time
+/// over the interval's wall time, in thousandths.
+async fn measure_load(load_permille: &AtomicU32) {
+    let mut interval = tokio::time::interval(LOAD_SAMPLE_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = (Instant::now(), thread_cpu_time());
+    loop {
+        interval.tick().await;
+        let now = (Instant::now(), thread_cpu_time());
+        let wall = now.0.duration_since(last.0);
+        let cpu = now.1.saturating_sub(last.1);
+        if !wall.is_zero() {
+            let permille = (cpu.as_secs_f64() / wall.as_secs_f64() * 1000.0).min(1000.0);
+            load_permille.store(permille as u32, Ordering::Relaxed);
+        }
+        last = now;
+    }
+}
+
+/// The CPU time the calling thread has used.
+#[allow(unsafe_code)]
+fn thread_cpu_time() -> Duration {
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `time` is a valid, writable timespec for the duration of the call.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut time) };
+    assert_eq!(status, 0, "CLOCK_THREAD_CPUTIME_ID is supported");
+    Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
 }
 
 impl Drop for NetworkThreads {
@@ -170,6 +227,42 @@ mod tests {
         let (third, _third_placement) = network.place();
         assert_eq!(thread_of(&third).await, first_name);
         drop(second_placement);
+        network.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_busy_thread_gets_no_new_connections() {
+        let network = NetworkThreads::start(2).unwrap();
+        let (first, _first_placement) = network.place();
+        let busy_name = first
+            .spawn(async { std::thread::current().name().map(str::to_owned) })
+            .await
+            .unwrap();
+        // The first connection's thread works for a while: it answers request after request
+        // inline, 1 ms of work each.
+        let busy = first.spawn(async {
+            let until = Instant::now() + LOAD_SAMPLE_INTERVAL * 5;
+            while Instant::now() < until {
+                let request_done = Instant::now() + Duration::from_millis(1);
+                while Instant::now() < request_done {
+                    std::hint::spin_loop();
+                }
+                tokio::task::yield_now().await;
+            }
+        });
+        tokio::time::sleep(LOAD_SAMPLE_INTERVAL * 3).await;
+        // Idle connections on the other thread do not make it look busier.
+        let mut placed = Vec::new();
+        for _ in 0..3 {
+            let (runtime, placement) = network.place();
+            let name = runtime
+                .spawn(async { std::thread::current().name().map(str::to_owned) })
+                .await
+                .unwrap();
+            assert_ne!(name, busy_name, "placed beside the busy connection");
+            placed.push(placement);
+        }
+        busy.await.unwrap();
         network.stop().await;
     }
 }
