@@ -69,7 +69,8 @@ impl NetworkThreads {
         for index in 0..count.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .thread_name(format!("cairnd-net-{index}"))
+                // The runtime's blocking pool: the commands that may wait.
+                .thread_name(format!("cairnd-work-{index}"))
                 .build()?;
             let handle = runtime.handle().clone();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
