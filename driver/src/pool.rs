@@ -414,21 +414,17 @@ mod tests {
     fn concurrent_calls_spread_over_the_least_busy_connections() {
         let server = connections(3);
         let mut calls = Vec::new();
-        let mut chosen_order = Vec::new();
         for _ in 0..6 {
-            let chosen = server.least_busy().clone();
-            chosen_order.push(index_of(&server, &chosen));
-            calls.push(chosen);
-            let last = calls.last().unwrap();
-            last.in_flight.fetch_add(1, Ordering::Relaxed);
+            let chosen = server.least_busy();
+            calls.push((
+                index_of(&server, chosen),
+                InFlight::start(&chosen.in_flight),
+            ));
         }
+        let chosen_order: Vec<usize> = calls.iter().map(|(index, _)| *index).collect();
         assert_eq!(chosen_order, vec![0, 1, 2, 0, 1, 2]);
         // The calls on connection 1 end: it is the least busy.
-        for call in &calls {
-            if index_of(&server, call) == 1 {
-                let _ended = InFlight(&call.in_flight);
-            }
-        }
+        calls.retain(|(index, _)| *index != 1);
         assert_eq!(index_of(&server, server.least_busy()), 1);
     }
 }

@@ -122,11 +122,7 @@ impl NetworkThreads {
 
     /// Stops the threads once their connections have ended, and waits for them.
     pub async fn stop(mut self) {
-        for thread in &mut self.threads {
-            if let Some(stop) = thread.stop.take() {
-                let _ = stop.send(());
-            }
-        }
+        self.signal_stop();
         let joins: Vec<_> = self
             .threads
             .iter_mut()
@@ -142,6 +138,15 @@ impl NetworkThreads {
         .await;
         if let Err(error) = joined {
             tracing::error!(%error, "cannot wait for the network threads");
+        }
+    }
+
+    /// Tells every thread not yet told to stop once its runtime has nothing left to do.
+    fn signal_stop(&mut self) {
+        for thread in &mut self.threads {
+            if let Some(stop) = thread.stop.take() {
+                let _ = stop.send(());
+            }
         }
     }
 }
@@ -182,11 +187,7 @@ impl Drop for NetworkThreads {
     /// Threads not stopped through [`NetworkThreads::stop`] (serving was abandoned) are told
     /// to stop and left to end on their own.
     fn drop(&mut self) {
-        for thread in &mut self.threads {
-            if let Some(stop) = thread.stop.take() {
-                let _ = stop.send(());
-            }
-        }
+        self.signal_stop();
     }
 }
 
