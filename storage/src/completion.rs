@@ -85,6 +85,12 @@ impl<T> Completion<T> {
         std::ptr::from_ref(self) as *const () as usize
     }
 
+    /// Whether the job is complete and its value not yet taken.
+    #[cfg(test)]
+    pub(crate) fn is_done(&self) -> bool {
+        self.slot.lock().value.is_some()
+    }
+
     /// The value, which must be there (a job run on this thread).
     pub(crate) fn take(&self) -> T {
         self.slot

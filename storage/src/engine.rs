@@ -105,10 +105,19 @@ pub(crate) struct Inner {
     pub journal_replayed_records: u64,
     /// Committed batches not yet written to redb (`memtable`).
     pub memtable: crate::memtable::Memtable,
+    /// redb write transactions committed since the engine opened (`committer::commit_txn`):
+    /// a snapshot's shared redb read transaction is as new as the count it was taken at.
+    pub redb_commits: AtomicU64,
+    /// The redb read transaction that snapshots share (`snapshot::ReadView`).
+    pub read_view: RwLock<Option<Arc<crate::snapshot::ReadView>>>,
+    /// Committers yet to be told their outcome (`committer::tell`).
+    pub tells: committer::Tells,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // Its read transaction goes before the database.
+        self.read_view.get_mut().take();
         if !self.crashed.load(Ordering::SeqCst) {
             drop_database(&mut self.db);
         }
@@ -436,6 +445,9 @@ impl Engine {
             active_units: std::sync::atomic::AtomicUsize::new(0),
             journal_replayed_records: replay.records,
             memtable: crate::memtable::Memtable::default(),
+            redb_commits: AtomicU64::new(0),
+            read_view: RwLock::new(None),
+            tells: committer::Tells::default(),
             clock,
             config,
         });
@@ -622,9 +634,12 @@ impl Engine {
                 }
                 loop {
                     match done.wait() {
-                        Wake::Done(value) => return value,
+                        Wake::Done(value) => {
+                            committer::help_tell(&self.inner);
+                            return value;
+                        }
                         Wake::Lead => committer::lead(&self.inner, own),
-                        Wake::Sync => committer::run_syncer(&self.inner),
+                        Wake::Sync => committer::run_syncer(&self.inner, own),
                     }
                 }
             }

@@ -574,4 +574,40 @@ mod tests {
             .count();
         assert_eq!(oplog, 24, "the oplog through the read timestamp");
     }
+    /// Snapshots opened with no redb commit in between share one redb read transaction; a
+    /// snapshot opened after a commit reaches redb gets a newer one, which has what left the
+    /// memtable, while an older snapshot keeps reading exactly its own timestamp.
+    #[test]
+    fn snapshots_share_a_redb_transaction_until_the_next_redb_commit() {
+        let engine = inline_engine();
+        let mut model = Model::default();
+        commit_round(&engine, &mut model, 0);
+        flush_memtable(&engine.inner).unwrap();
+        let first = engine.snapshot(ReadAt::Latest).unwrap();
+        let second = engine.snapshot(ReadAt::Latest).unwrap();
+        assert!(
+            first.shares_redb_transaction_with(&second),
+            "no redb commit in between"
+        );
+        let first_ts = first.read_timestamp();
+        // A commit that stays in the memtable changes nothing in redb.
+        commit_round(&engine, &mut model, 1);
+        let third = engine.snapshot(ReadAt::Latest).unwrap();
+        assert!(third.shares_redb_transaction_with(&first));
+        assert_eq!(third.layer_count(), 1);
+        // Written to redb and gone from the memtable: a new snapshot must find it in redb.
+        // Also when a transaction begun before the commit is put back as the shared one
+        // afterwards (a snapshot that raced the commit): it is older than the commit count.
+        let raced = crate::snapshot::ReadView::latest(&engine.inner).unwrap();
+        flush_memtable(&engine.inner).unwrap();
+        *engine.inner.read_view.write() = Some(raced);
+        let fourth = engine.snapshot(ReadAt::Latest).unwrap();
+        assert_eq!(fourth.layer_count(), 0);
+        assert!(!fourth.shares_redb_transaction_with(&first));
+        assert_eq!(scan_all(&fourth), model.at(fourth.read_timestamp()));
+        assert_eq!(scan_all(&first), model.at(first_ts), "the older snapshot");
+        // Snapshots after it share its transaction again.
+        let fifth = engine.snapshot(ReadAt::Latest).unwrap();
+        assert!(fifth.shares_redb_transaction_with(&fourth));
+    }
 }

@@ -53,6 +53,75 @@ struct Tables {
     history: OnceLock<Option<Arc<RawTable>>>,
 }
 
+/// A redb read transaction shared by the snapshots that open while no redb commit has happened
+/// since it began, with the tables they opened in it. Opening a redb read transaction, and
+/// dropping one, takes a mutex of redb's that every snapshot on every thread contends for;
+/// opening a table looks its root up in redb's table tree. With a shared view a snapshot pays
+/// neither, except the first after each commit (the flusher's, every few milliseconds under
+/// load).
+pub(crate) struct ReadView {
+    /// `Inner::redb_commits` read before the transaction began: it holds every redb commit
+    /// counted up to there (and maybe later ones).
+    version: u64,
+    txn: redb::ReadTransaction,
+    tables: parking_lot::Mutex<HashMap<u64, Option<Arc<Tables>>>>,
+}
+
+impl ReadView {
+    /// The newest view: the shared one if no redb commit was counted since it began, else a new
+    /// one, which becomes the shared one.
+    ///
+    /// Why this is enough for a snapshot (see `memtable`): a commit written to redb leaves the
+    /// memtable's layers only after the redb commit is counted, and a snapshot lists the layers
+    /// before it takes a view. So a commit a snapshot does not find in its layers was counted
+    /// before the snapshot read the count, and is in any view of that version.
+    pub(crate) fn latest(inner: &Inner) -> Result<Arc<ReadView>, Error> {
+        let version = inner
+            .redb_commits
+            .load(std::sync::atomic::Ordering::Acquire);
+        if let Some(view) = inner.read_view.read().as_ref() {
+            if view.version == version {
+                return Ok(view.clone());
+            }
+        }
+        let txn = inner
+            .db
+            .begin_read()
+            .map_err(|error| storage_error("opening a snapshot", error))?;
+        let view = Arc::new(ReadView {
+            version,
+            txn,
+            tables: parking_lot::Mutex::new(HashMap::new()),
+        });
+        let mut shared = inner.read_view.write();
+        if shared
+            .as_ref()
+            .is_none_or(|newest| newest.version < version)
+        {
+            let replaced = shared.replace(view.clone());
+            drop(shared);
+            drop(replaced);
+        }
+        Ok(view)
+    }
+
+    fn tables(&self, ident: u64) -> Result<Option<Arc<Tables>>, Error> {
+        let mut tables = self.tables.lock();
+        if let Some(found) = tables.get(&ident) {
+            return Ok(found.clone());
+        }
+        let current = open_raw(&self.txn, &format::current_table_name(ident))?;
+        let found = current.map(|current| {
+            Arc::new(Tables {
+                current,
+                history: OnceLock::new(),
+            })
+        });
+        tables.insert(ident, found.clone());
+        Ok(found)
+    }
+}
+
 /// A consistent view of the engine as of one read timestamp.
 pub struct Snapshot {
     inner: Arc<Inner>,
@@ -61,8 +130,8 @@ pub struct Snapshot {
     /// complete. Once every listed layer is in redb, a newer redb transaction replaces both
     /// ([`Snapshot::refresh`]).
     layers: RefCell<Vec<Arc<Layer>>>,
-    txn: RefCell<redb::ReadTransaction>,
-    /// Table handles opened so far (`None`: the table does not exist in this snapshot).
+    view: RefCell<Arc<ReadView>>,
+    /// Table handles used so far (`None`: the table does not exist in this snapshot).
     tables: RefCell<HashMap<u64, Option<Arc<Tables>>>>,
 }
 
@@ -136,18 +205,21 @@ impl Snapshot {
         };
         // After the pin and before the redb transaction (see `memtable`).
         let layers = inner.memtable.view();
-        let txn = inner
-            .db
-            .begin_read()
-            .map_err(|error| storage_error("opening a snapshot", error))?;
+        let view = ReadView::latest(&inner)?;
         Counters::add(&inner.counters.snapshots_opened, 1);
         Ok(Snapshot {
             inner,
             pin,
             layers: RefCell::new(layers),
-            txn: RefCell::new(txn),
+            view: RefCell::new(view),
             tables: RefCell::new(HashMap::new()),
         })
+    }
+
+    /// Whether both snapshots read the same redb read transaction.
+    #[cfg(test)]
+    pub(crate) fn shares_redb_transaction_with(&self, other: &Snapshot) -> bool {
+        Arc::ptr_eq(&self.view.borrow(), &other.view.borrow())
     }
 
     /// How many memtable layers this snapshot reads before redb.
@@ -169,12 +241,7 @@ impl Snapshot {
             !layers.is_empty() && layers.iter().all(|layer| layer.is_in_redb())
         };
         if stale {
-            let txn = self
-                .inner
-                .db
-                .begin_read()
-                .map_err(|error| storage_error("refreshing a snapshot", error))?;
-            *self.txn.borrow_mut() = txn;
+            *self.view.borrow_mut() = ReadView::latest(&self.inner)?;
             self.layers.borrow_mut().clear();
             self.tables.borrow_mut().clear();
         }
@@ -190,13 +257,7 @@ impl Snapshot {
         if let Some(tables) = self.tables.borrow().get(&ident) {
             return Ok(tables.clone());
         }
-        let current = open_raw(&self.txn.borrow(), &format::current_table_name(ident))?;
-        let tables = current.map(|current| {
-            Arc::new(Tables {
-                current,
-                history: OnceLock::new(),
-            })
-        });
+        let tables = self.view.borrow().tables(ident)?;
         self.tables.borrow_mut().insert(ident, tables.clone());
         Ok(tables)
     }
@@ -206,7 +267,7 @@ impl Snapshot {
             return Ok(history.clone());
         }
         let history =
-            open_raw(&self.txn.borrow(), &format::history_table_name(ident))?.map(Arc::new);
+            open_raw(&self.view.borrow().txn, &format::history_table_name(ident))?.map(Arc::new);
         Ok(tables.history.get_or_init(|| history).clone())
     }
 
@@ -338,8 +399,9 @@ impl Snapshot {
     ) -> Result<OplogIter, Error> {
         self.refresh()?;
         let table = self
-            .txn
+            .view
             .borrow()
+            .txn
             .open_table(format::OPLOG)
             .map_err(|error| storage_error("opening the oplog", error))?;
         let read_ts = self.read_timestamp();
