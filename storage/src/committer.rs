@@ -899,7 +899,12 @@ fn put_meta(
 fn commit_txn(inner: &Inner, txn: WriteTransaction) -> Result<(), redb::CommitError> {
     txn.commit()?;
     inner.redb_commits.fetch_add(1, Ordering::AcqRel);
-    let replaced = inner.read_view.write().take();
+    // Let go at once unless a snapshot is reading the slot right now (never waits, see
+    // `ReadView::latest`); then the next snapshot replaces it.
+    let replaced = inner
+        .read_view
+        .try_write()
+        .and_then(|mut shared| shared.take());
     drop(replaced);
     Ok(())
 }
