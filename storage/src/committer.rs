@@ -131,8 +131,15 @@ const TELL_FAN_OUT: usize = 2;
 /// that much per member. The outcomes are queued; `own` (the caller's own commit, if
 /// among them) is told at once, the caller tells `TELL_FAN_OUT` more, and every committer
 /// that is told tells `TELL_FAN_OUT` of the rest before it returns ([`help_tell`]), so a
-/// group of `n` is woken in about `log2(n)` rounds spread over every core.
+/// group of `n` is woken in about `log2(n)` rounds spread over every core. In `Inline` mode
+/// no committer waits to pass outcomes on, so all are told at once.
 fn tell(inner: &Inner, outcomes: impl IntoIterator<Item = Outcome>, own: usize) {
+    if inner.config.commit_mode == crate::config::CommitMode::Inline {
+        for (done, outcome) in outcomes {
+            done.complete(outcome);
+        }
+        return;
+    }
     {
         let mut queue = inner.tells.queue.lock();
         let before = queue.len();
@@ -443,17 +450,14 @@ fn more_records_coming(inner: &Inner) -> bool {
     }
 }
 
-/// Syncs the journal for the commits and flushes that wait for it, then tells them. Runs
-/// without the writer mutex; concurrent callers share one fdatasync (`Journal::sync_through`).
+/// `Inline` mode: syncs the journal for the commits and flushes that wait for it, then tells
+/// them. Runs without the writer mutex; concurrent callers share one fdatasync
+/// (`Journal::sync_through`).
 pub(crate) fn finish_sync(inner: &Inner, mut awaiting: AwaitingSync) {
     awaiting.tell_visible(inner, 0);
     if !awaiting.is_empty() {
         let synced = sync_for(inner, &awaiting);
         tell_synced(inner, awaiting, synced, 0);
-    }
-    // `Inline` mode: no committer waits in the background queue to pass outcomes on.
-    while inner.tells.queued.load(Ordering::Acquire) > 0 {
-        help_tell(inner);
     }
 }
 

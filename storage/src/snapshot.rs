@@ -93,14 +93,17 @@ impl ReadView {
             txn,
             tables: parking_lot::Mutex::new(HashMap::new()),
         });
-        let mut shared = inner.read_view.write();
-        if shared
-            .as_ref()
-            .is_none_or(|newest| newest.version < version)
-        {
-            let replaced = shared.replace(view.clone());
-            drop(shared);
-            drop(replaced);
+        // Never waits: a writer waiting for the slot would park every snapshot that came to
+        // read it meanwhile. If the slot is busy, a later snapshot installs its view.
+        if let Some(mut shared) = inner.read_view.try_write() {
+            if shared
+                .as_ref()
+                .is_none_or(|newest| newest.version < version)
+            {
+                let replaced = shared.replace(view.clone());
+                drop(shared);
+                drop(replaced);
+            }
         }
         Ok(view)
     }
