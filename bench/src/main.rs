@@ -41,6 +41,10 @@ struct Arguments {
     /// protocol through the official `mongodb` driver) or both.
     #[arg(long, default_value = "both", value_parser = ["grpc", "wire", "both"])]
     protocol: String,
+    /// Run only measurements with one of these client or writer thread counts (separated by
+    /// commas), e.g. `--threads 16` (the server suite).
+    #[arg(long, value_delimiter = ',')]
+    threads: Option<Vec<usize>>,
 }
 
 /// What every suite receives.
@@ -50,6 +54,8 @@ pub struct Settings {
     pub system: Option<String>,
     /// `grpc`, `wire` or `both` (the server suite).
     pub protocol: String,
+    /// Thread counts to run (all when `None`).
+    pub threads: Option<Vec<usize>>,
 }
 
 impl Settings {
@@ -66,6 +72,13 @@ impl Settings {
             .as_deref()
             .is_none_or(|filter| name.contains(filter))
     }
+
+    /// Whether a thread count passes the `--threads` filter.
+    pub fn wants_threads(&self, threads: usize) -> bool {
+        self.threads
+            .as_ref()
+            .is_none_or(|wanted| wanted.contains(&threads))
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,6 +89,7 @@ fn main() -> anyhow::Result<()> {
         workload: arguments.workload,
         system: arguments.system,
         protocol: arguments.protocol,
+        threads: arguments.threads,
     };
     match arguments.suite.as_str() {
         "storage" => storage::run(&settings, &mut reporter),

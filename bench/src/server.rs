@@ -236,6 +236,9 @@ pub fn run(settings: &Settings, reporter: &mut Reporter) -> anyhow::Result<()> {
             };
             for threads in THREADS {
                 seed += 1;
+                if !settings.wants_threads(threads) {
+                    continue;
+                }
                 eprintln!(
                     "server: {} threads={threads} durability={}",
                     workload.name,

@@ -461,6 +461,9 @@ fn run_system(
             continue;
         }
         for threads in [1, 8, 64] {
+            if !settings.wants_threads(threads) {
+                continue;
+            }
             let syncs_before = system.syncs();
             let result = measure(threads, plan.duration, |_, stop| {
                 let mut worker = system.worker()?;
@@ -493,6 +496,9 @@ fn run_system(
         if !settings.wants_workload("point_read") {
             break;
         }
+        if !settings.wants_threads(threads) {
+            continue;
+        }
         let result = measure(threads, plan.duration, |thread, stop| {
             let mut worker = system.worker()?;
             timed_loop(stop, |n| {
@@ -506,6 +512,9 @@ fn run_system(
     for threads in [1, 64] {
         if !settings.wants_workload("range_scan") {
             break;
+        }
+        if !settings.wants_threads(threads) {
+            continue;
         }
         let result = measure(threads, plan.duration, |thread, stop| {
             let mut worker = system.worker()?;
@@ -521,6 +530,9 @@ fn run_system(
         if !settings.wants_workload("snapshot_read") {
             break;
         }
+        if !settings.wants_threads(threads) {
+            continue;
+        }
         let (result, replaced) = snapshot_read(system, plan, threads)?;
         // The writers share the machine with the readers: how much they did shows how much of
         // it they took.
@@ -534,6 +546,9 @@ fn run_system(
     for threads in [1, 64] {
         if !settings.wants_workload("hot_doc") {
             break;
+        }
+        if !settings.wants_threads(threads) {
+            continue;
         }
         let hot_id = -1 - threads as i64;
         system.worker()?.insert(hot_id, &document(hot_id), true)?;

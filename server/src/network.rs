@@ -65,6 +65,11 @@ impl Drop for Placement {
 impl NetworkThreads {
     /// Starts `count` threads (at least one).
     pub fn start(count: usize) -> std::io::Result<NetworkThreads> {
+        NetworkThreads::start_sampling(count, LOAD_SAMPLE_INTERVAL)
+    }
+
+    /// [`NetworkThreads::start`], with the threads measuring their load every `sample_interval`.
+    fn start_sampling(count: usize, sample_interval: Duration) -> std::io::Result<NetworkThreads> {
         let mut threads = Vec::with_capacity(count.max(1));
         for index in 0..count.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -82,7 +87,7 @@ impl NetworkThreads {
                     runtime.block_on(async move {
                         tokio::select! {
                             _ = stopped => {}
-                            _ = measure_load(&load) => {}
+                            _ = measure_load(&load, sample_interval) => {}
                         }
                     });
                     // Dropped here, on its own thread, outside any runtime: waits for the
@@ -151,10 +156,10 @@ impl NetworkThreads {
     }
 }
 
-/// Measures the calling thread's load every [`LOAD_SAMPLE_INTERVAL`], forever: its CPU time
-/// over the interval's wall time, in thousandths.
-async fn measure_load(load_permille: &AtomicU32) {
-    let mut interval = tokio::time::interval(LOAD_SAMPLE_INTERVAL);
+/// Measures the calling thread's load every `sample_interval`, forever: its CPU time over the
+/// interval's wall time, in thousandths.
+async fn measure_load(load_permille: &AtomicU32, sample_interval: Duration) {
+    let mut interval = tokio::time::interval(sample_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = (Instant::now(), thread_cpu_time());
     loop {
@@ -197,7 +202,9 @@ mod tests {
 
     #[tokio::test]
     async fn connections_go_to_the_thread_with_the_fewest_and_stay_there() {
-        let network = NetworkThreads::start(2).unwrap();
+        // Loads are never sampled (they stay 0), so only connections count: the work this test
+        // does on a thread (a 2 ms sample of a slow debug build) would otherwise outweigh one.
+        let network = NetworkThreads::start_sampling(2, Duration::from_secs(3600)).unwrap();
         let (first, first_placement) = network.place();
         let (second, second_placement) = network.place();
         let thread_of = |handle: &tokio::runtime::Handle| {

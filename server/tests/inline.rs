@@ -256,3 +256,86 @@ fn an_id_lookup_behind_an_exclusive_lock_is_handed_back_then_answered_after_it()
         assert_eq!(first_batch(&reply), vec![doc! {"_id": 1, "v": 1}]);
     });
 }
+
+/// Writes whose filter is exactly `{_id: v}` go straight to their unit of work (no snapshot
+/// lookup first): what they match is decided by the unit's own read of the key.
+#[test]
+fn writes_by_id_match_what_the_unit_reads() {
+    let (node, _dir) = node();
+    run(
+        &node,
+        doc! {"insert": "c", "documents": [{"_id": 1, "v": 1}, {"_id": 2, "v": 2}, {"_id": "s", "v": 3}], "$db": "app"},
+    );
+    let update = |q: Document, u: Document, extra: Document| {
+        let mut statement = doc! {"q": q, "u": u};
+        statement.extend(extra);
+        run(
+            &node,
+            doc! {"update": "c", "updates": [statement], "$db": "app"},
+        )
+    };
+    let counts = |reply: &Document| {
+        (
+            reply.get_i32("n").unwrap(),
+            reply.get_i32("nModified").unwrap(),
+        )
+    };
+    // A missing document: nothing matched, nothing created.
+    let reply = update(doc! {"_id": 9}, doc! {"$set": {"v": 9}}, doc! {});
+    assert_eq!(counts(&reply), (0, 0), "{reply}");
+    assert!(!reply.contains_key("upserted"));
+    // Numbers match by value: a double finds the int32 `_id`.
+    let reply = update(doc! {"_id": 1.0}, doc! {"$set": {"v": 10}}, doc! {});
+    assert_eq!(counts(&reply), (1, 1), "{reply}");
+    assert_eq!(value_of(&node, 1), Bson::Int32(10));
+    // The same value again: matched, not modified.
+    let reply = update(doc! {"_id": 1}, doc! {"$set": {"v": 10}}, doc! {});
+    assert_eq!(counts(&reply), (1, 0), "{reply}");
+    // `multi` by `_id` updates the one document.
+    let reply = update(
+        doc! {"_id": 2},
+        doc! {"$inc": {"v": 1}},
+        doc! {"multi": true},
+    );
+    assert_eq!(counts(&reply), (1, 1), "{reply}");
+    assert_eq!(value_of(&node, 2), Bson::Int32(3));
+    // An upsert of a missing `_id` inserts it, once.
+    let reply = update(
+        doc! {"_id": 7},
+        doc! {"$set": {"v": 70}},
+        doc! {"upsert": true},
+    );
+    assert_eq!(reply.get_i32("n").unwrap(), 1, "{reply}");
+    assert_eq!(
+        reply.get_array("upserted").unwrap()[0]
+            .as_document()
+            .unwrap()
+            .get_i32("_id")
+            .unwrap(),
+        7
+    );
+    assert_eq!(value_of(&node, 7), Bson::Int32(70));
+    // A string `_id` is not the number it might look like.
+    let reply = update(doc! {"_id": "1"}, doc! {"$set": {"v": 0}}, doc! {});
+    assert_eq!(counts(&reply), (0, 0), "{reply}");
+    // Deletes by `_id`: a missing one deletes nothing, a present one deletes it.
+    let delete = |id: Bson, limit: i32| {
+        run(
+            &node,
+            doc! {"delete": "c", "deletes": [{"q": {"_id": id}, "limit": limit}], "$db": "app"},
+        )
+        .get_i32("n")
+        .unwrap()
+    };
+    assert_eq!(delete(Bson::Int32(9), 1), 0);
+    assert_eq!(delete(Bson::String("s".into()), 1), 1);
+    assert_eq!(delete(Bson::Int64(2), 0), 1);
+    let left = run(
+        &node,
+        doc! {"find": "c", "filter": {}, "sort": {"_id": 1}, "$db": "app"},
+    );
+    assert_eq!(
+        first_batch(&left),
+        vec![doc! {"_id": 1, "v": 10}, doc! {"_id": 7, "v": 70}]
+    );
+}

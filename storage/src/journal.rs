@@ -112,7 +112,14 @@ struct FileState {
     /// after a failed fdatasync Linux may report the lost pages clean, so no later sync may
     /// claim that anything after it is durable.
     failed: Option<Error>,
+    /// The buffer written out last, emptied, kept for the tail to fill next: appends then
+    /// copy into memory that is already there, instead of growing a new buffer (each growth a
+    /// reallocation and page faults on fresh pages, 5% of a network thread's time in YCSB A).
+    spare: Vec<u8>,
 }
+
+/// A written-out buffer larger than this is dropped rather than kept as the spare.
+const SPARE_BUFFER_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// What recovery read from the journal.
 #[derive(Debug, Default)]
@@ -173,6 +180,7 @@ impl Journal {
             writer: Mutex::new(FileState {
                 allocated,
                 failed: None,
+                spare: Vec::new(),
             }),
         })
     }
@@ -300,7 +308,7 @@ impl Journal {
         tail.offset += record.len() as u64;
         tail.lsn += record.len() as u64;
         tail.last_ts = last_ts;
-        if tail.buffer.is_empty() {
+        if tail.buffer.capacity() == 0 {
             tail.buffer = record;
         } else {
             tail.buffer.extend_from_slice(&record);
@@ -355,9 +363,10 @@ impl Journal {
             }
         }
         // Everything appended before the fdatasync starts is covered by it.
-        let (chunk, start, target_lsn, target_ts, index) = {
+        let (mut chunk, start, target_lsn, target_ts, index) = {
             let mut tail = self.tail.lock();
-            let chunk = std::mem::take(&mut tail.buffer);
+            let spare = std::mem::take(&mut file.spare);
+            let chunk = std::mem::replace(&mut tail.buffer, spare);
             let start = tail.offset - chunk.len() as u64;
             (
                 chunk,
@@ -373,6 +382,10 @@ impl Journal {
                 file.failed = Some(error.clone());
                 return Err(error);
             }
+        }
+        if chunk.capacity() <= SPARE_BUFFER_BYTES_MAX {
+            chunk.clear();
+            file.spare = chunk;
         }
         if !sync {
             return Ok((self.synced.lock().ts, false));
@@ -774,6 +787,28 @@ mod tests {
             );
         }
         journal.sync_through(journal.written_lsn(), true).unwrap();
+    }
+
+    #[test]
+    fn appends_refill_the_buffer_written_out_before_last() {
+        let journal = Journal::new(memory(), 7, Timestamp::ZERO).unwrap();
+        let firsts: Vec<u64> = (0..40).map(|index| 1 + 2 * index).collect();
+        let (first_half, second_half) = firsts.split_at(20);
+        write(&journal, first_half);
+        let written = journal.written_lsn() as usize;
+        // The first buffer is now the spare; the next write-out swaps it in as the tail's.
+        write(&journal, &second_half[..1]);
+        assert!(
+            journal.tail.lock().buffer.capacity() >= written,
+            "the tail fills the buffer written out before, with room for what it held"
+        );
+        write(&journal, &second_half[1..]);
+        let scan = Journal::scan(&journal.files, 7).unwrap();
+        assert_eq!(scan.cut, None);
+        assert_eq!(scan.records.len(), 40, "no record lost or repeated");
+        for ((last, _), first) in scan.records.iter().zip(&firsts) {
+            assert_eq!(*last, Timestamp::new(100, *first as u32 + 1));
+        }
     }
 
     #[test]

@@ -469,6 +469,16 @@ fn is_operation_error(error: &Error) -> bool {
 }
 
 /// The `_id` keys of the documents matching a query, at one snapshot, in plan order.
+/// The one key a filter `{_id: v}` (no hint) can match: such a write looks up nothing before
+/// its unit of work, whose own read of the key (claimed, latest) decides whether it matches.
+/// (Reading it at a snapshot first, as `matching_ids` would, was a second lookup per write.)
+fn express_key(raw_filter: &Document, hint: &Option<Hint>) -> Option<Vec<u8>> {
+    match hint {
+        None => id_equality_key(raw_filter),
+        Some(_) => None,
+    }
+}
+
 fn matching_ids(
     opctx: &OpCtx<'_>,
     meta: &Arc<CollectionMeta>,
@@ -700,8 +710,15 @@ fn run_update_statement(
         ident: meta.ident,
     };
     let mut policy = YieldPolicy::for_locker(&opctx.locker);
+    let express = express_key(raw_filter, &hint);
     loop {
-        let candidates = matching_ids(opctx, &meta, &query, raw_filter)?;
+        let candidates = match &express {
+            Some(key) => {
+                opctx.set_plan_summary(EXPRESS_PLAN_SUMMARY.to_owned());
+                vec![key.clone()]
+            }
+            None => matching_ids(opctx, &meta, &query, raw_filter)?,
+        };
         let mut raced = false;
         for id_key in &candidates {
             opctx.check_interrupt()?;
@@ -729,8 +746,14 @@ fn run_update_statement(
             }
         }
         attempts += 1;
-        // A single update whose document changed under it looks again.
-        if multi || result.matched > 0 || !raced || attempts >= SINGLE_WRITE_ATTEMPTS_MAX {
+        // A single update whose document changed under it looks again (by `_id`, the unit's
+        // own read was the look).
+        if multi
+            || result.matched > 0
+            || !raced
+            || express.is_some()
+            || attempts >= SINGLE_WRITE_ATTEMPTS_MAX
+        {
             break;
         }
     }
@@ -848,8 +871,15 @@ fn run_delete_statement(
         ident: meta.ident,
     };
     let mut policy = YieldPolicy::for_locker(&opctx.locker);
+    let express = express_key(raw_filter, &query.hint);
     loop {
-        let candidates = matching_ids(opctx, &meta, &query, raw_filter)?;
+        let candidates = match &express {
+            Some(key) => {
+                opctx.set_plan_summary(EXPRESS_PLAN_SUMMARY.to_owned());
+                vec![key.clone()]
+            }
+            None => matching_ids(opctx, &meta, &query, raw_filter)?,
+        };
         let mut raced = false;
         for id_key in &candidates {
             opctx.check_interrupt()?;
@@ -872,7 +902,12 @@ fn run_delete_statement(
             }
         }
         attempts += 1;
-        if !just_one || deleted > 0 || !raced || attempts >= SINGLE_WRITE_ATTEMPTS_MAX {
+        if !just_one
+            || deleted > 0
+            || !raced
+            || express.is_some()
+            || attempts >= SINGLE_WRITE_ATTEMPTS_MAX
+        {
             break;
         }
     }
