@@ -676,13 +676,24 @@ mod tests {
             None,
             "the next waiter waited long too, but its turn has not come: only woken"
         );
+        // A claimer comes by while the woken waiter is on its way. Which of the two gets the
+        // key is a race, and each outcome is checked.
         if locks.claim(&id("hot"), 4, ts, FOR_UPDATE).is_ok() {
+            // The claimer barged in; once the interval has passed, freeing grants the key to
+            // the waiter.
             std::thread::sleep(Duration::from_micros(2 * FAIR_HANDOFF_AFTER_US));
             assert_eq!(
                 free_and_see_owner(&locks, "hot", 4),
                 Some(3),
                 "its turn now"
             );
+        } else {
+            // The woken waiter claimed the key first: it owns it, and the claimer did not
+            // join the queue.
+            let shard = locks.shard(&id("hot")).lock();
+            let state = shard.get(&id("hot")).expect("a claimed key");
+            assert_eq!(state.owner, Some(3), "the woken waiter took the key");
+            assert!(state.waiters.is_empty(), "a failed claim does not wait");
         }
         assert_eq!(second.join().unwrap().unwrap(), None);
         assert_eq!(third.join().unwrap().unwrap(), None);
