@@ -812,6 +812,28 @@ mod tests {
     }
 
     #[test]
+    fn a_written_out_buffer_over_the_limit_is_not_kept() {
+        let journal = Journal::new(memory(), 7, Timestamp::ZERO).unwrap();
+        let mut units = [unit(1, 1)];
+        units[0].writes.to_mut()[0].value = Some(vec![0xCD; SPARE_BUFFER_BYTES_MAX + 1]);
+        journal.append(
+            encode_record(&units, Some(Timestamp::new(99, 1)), payload_size(&units)),
+            Timestamp::new(100, 2),
+        );
+        journal.sync_through(journal.written_lsn(), true).unwrap();
+        assert_eq!(
+            journal.writer.lock().spare.capacity(),
+            0,
+            "a buffer past SPARE_BUFFER_BYTES_MAX is dropped, not held"
+        );
+        // A small one is kept.
+        write(&journal, &[3]);
+        assert!(journal.writer.lock().spare.capacity() > 0);
+        let scan = Journal::scan(&journal.files, 7).unwrap();
+        assert_eq!(scan.records.len(), 2);
+    }
+
+    #[test]
     fn records_round_trip_in_order() {
         let journal = Journal::new(memory(), 7, Timestamp::ZERO).unwrap();
         write(&journal, &[1, 3, 5]);

@@ -468,17 +468,54 @@ fn is_operation_error(error: &Error) -> bool {
     )
 }
 
-/// The `_id` keys of the documents matching a query, at one snapshot, in plan order.
-/// The one key a filter `{_id: v}` (no hint) can match: such a write looks up nothing before
-/// its unit of work, whose own read of the key (claimed, latest) decides whether it matches.
-/// (Reading it at a snapshot first, as `matching_ids` would, was a second lookup per write.)
-fn express_key(raw_filter: &Document, hint: &Option<Hint>) -> Option<Vec<u8>> {
-    match hint {
-        None => id_equality_key(raw_filter),
-        Some(_) => None,
+/// How an update or delete statement finds the documents it visits.
+enum Lookup {
+    /// A filter that is exactly `{_id: v}`, no hint: its one key goes straight to the unit of
+    /// work, whose own read of it (claimed, latest) decides whether it matches. Reading it at
+    /// a snapshot first, as [`matching_ids`] does, was a second lookup per write.
+    Express(Vec<u8>),
+    /// Planned and run at a snapshot ([`matching_ids`]).
+    Planned(Box<CanonicalQuery>),
+}
+
+impl Lookup {
+    fn new(
+        ns: &Namespace,
+        raw_filter: &Document,
+        filter: &Matcher,
+        limit: Option<u64>,
+        hint: Option<Hint>,
+    ) -> Lookup {
+        match (&hint, id_equality_key(raw_filter)) {
+            (None, Some(key)) => Lookup::Express(key),
+            _ => Lookup::Planned(Box::new(query_for(ns, filter, None, limit, hint))),
+        }
+    }
+
+    /// The `_id` keys to visit, in order.
+    fn candidates(
+        &self,
+        opctx: &OpCtx<'_>,
+        meta: &Arc<CollectionMeta>,
+        raw_filter: &Document,
+    ) -> Result<Vec<Vec<u8>>> {
+        match self {
+            Lookup::Express(key) => {
+                opctx.set_plan_summary(EXPRESS_PLAN_SUMMARY.to_owned());
+                Ok(vec![key.clone()])
+            }
+            Lookup::Planned(query) => matching_ids(opctx, meta, query, raw_filter),
+        }
+    }
+
+    /// Whether a single-document write whose candidate changed before it could be written
+    /// looks again. An express write does not: the unit's read was the look.
+    fn looks_again(&self) -> bool {
+        matches!(self, Lookup::Planned(_))
     }
 }
 
+/// The `_id` keys of the documents matching a query, at one snapshot, in plan order.
 fn matching_ids(
     opctx: &OpCtx<'_>,
     meta: &Arc<CollectionMeta>,
@@ -696,12 +733,12 @@ fn run_update_statement(
     let Some(meta) = current_meta(opctx, ns) else {
         return Ok(result);
     };
-    let query = query_for(
+    let lookup = Lookup::new(
         ns,
+        raw_filter,
         filter,
-        None,
         if multi { None } else { Some(1) },
-        hint.clone(),
+        hint,
     );
     let mut attempts = 0;
     let target = Target {
@@ -710,15 +747,8 @@ fn run_update_statement(
         ident: meta.ident,
     };
     let mut policy = YieldPolicy::for_locker(&opctx.locker);
-    let express = express_key(raw_filter, &hint);
     loop {
-        let candidates = match &express {
-            Some(key) => {
-                opctx.set_plan_summary(EXPRESS_PLAN_SUMMARY.to_owned());
-                vec![key.clone()]
-            }
-            None => matching_ids(opctx, &meta, &query, raw_filter)?,
-        };
+        let candidates = lookup.candidates(opctx, &meta, raw_filter)?;
         let mut raced = false;
         for id_key in &candidates {
             opctx.check_interrupt()?;
@@ -746,12 +776,11 @@ fn run_update_statement(
             }
         }
         attempts += 1;
-        // A single update whose document changed under it looks again (by `_id`, the unit's
-        // own read was the look).
+        // A single update whose document changed under it looks again.
         if multi
             || result.matched > 0
             || !raced
-            || express.is_some()
+            || !lookup.looks_again()
             || attempts >= SINGLE_WRITE_ATTEMPTS_MAX
         {
             break;
@@ -856,10 +885,10 @@ fn run_delete_statement(
     let Some(meta) = current_meta(opctx, ns) else {
         return Ok(0);
     };
-    let query = query_for(
+    let lookup = Lookup::new(
         ns,
+        raw_filter,
         filter,
-        None,
         if just_one { Some(1) } else { None },
         hint,
     );
@@ -871,15 +900,8 @@ fn run_delete_statement(
         ident: meta.ident,
     };
     let mut policy = YieldPolicy::for_locker(&opctx.locker);
-    let express = express_key(raw_filter, &query.hint);
     loop {
-        let candidates = match &express {
-            Some(key) => {
-                opctx.set_plan_summary(EXPRESS_PLAN_SUMMARY.to_owned());
-                vec![key.clone()]
-            }
-            None => matching_ids(opctx, &meta, &query, raw_filter)?,
-        };
+        let candidates = lookup.candidates(opctx, &meta, raw_filter)?;
         let mut raced = false;
         for id_key in &candidates {
             opctx.check_interrupt()?;
@@ -905,7 +927,7 @@ fn run_delete_statement(
         if !just_one
             || deleted > 0
             || !raced
-            || express.is_some()
+            || !lookup.looks_again()
             || attempts >= SINGLE_WRITE_ATTEMPTS_MAX
         {
             break;
