@@ -9,6 +9,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod locking;
 #[cfg(feature = "peers")]
 mod peers;
+mod platform;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod query;
@@ -96,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         "locking" => locking::run(&settings, &mut reporter),
         "query" => query::run(&settings, &mut reporter),
         "server" => server::run(&settings, &mut reporter),
+        "platform" => platform::run(&settings, &mut reporter),
         other => anyhow::bail!("unknown suite '{other}'"),
     }
 }

@@ -213,6 +213,13 @@ impl System for Sqlite {
         "sqlite"
     }
 
+    /// Copies the write-ahead log into the database and empties it.
+    fn settle(&self) -> anyhow::Result<()> {
+        self.connect("FULL")?
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     fn worker(&self) -> anyhow::Result<Box<dyn Worker + '_>> {
         Ok(Box::new(SqliteWorker {
             fast: self.connect("OFF")?,

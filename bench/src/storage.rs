@@ -53,6 +53,12 @@ pub trait System: Sync {
     fn syncs(&self) -> Option<u64> {
         None
     }
+    /// Finishes the work that earlier measurements left behind (cairn's memtable and its
+    /// durable redb commit, redb's and SQLite's deferred syncs), before the next measurement
+    /// starts, so that no measurement pays for the one before it. Untimed.
+    fn settle(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 pub fn document(id: i64) -> Document {
@@ -204,6 +210,15 @@ impl System for Cairn {
         Some(stats.journal_syncs + stats.durable_commits)
     }
 
+    /// A checkpoint: the memtable written to redb and a durable redb commit. Without it, a
+    /// measurement after `snapshot_read` ran beside that workload's backlog (a checkpoint
+    /// right after it took 2.5 s): a lone `hot_doc` writer did 148k updates/s, against
+    /// 286k/s after a checkpoint.
+    fn settle(&self) -> anyhow::Result<()> {
+        self.engine.checkpoint().map_err(cairn_error)?;
+        Ok(())
+    }
+
     fn worker(&self) -> anyhow::Result<Box<dyn Worker + '_>> {
         Ok(Box::new(CairnWorker {
             engine: &self.engine,
@@ -329,6 +344,14 @@ impl System for PlainRedb {
         "redb"
     }
 
+    /// A durable commit of nothing: it syncs what the non-durable commits left.
+    fn settle(&self) -> anyhow::Result<()> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        txn.commit()?;
+        Ok(())
+    }
+
     fn worker(&self) -> anyhow::Result<Box<dyn Worker + '_>> {
         Ok(Box::new(RedbWorker { db: &self.db }))
     }
@@ -348,12 +371,24 @@ struct Plan {
     preload: i64,
 }
 
+/// What one measurement did.
+struct Measured {
+    ops: u64,
+    seconds: f64,
+    latencies: Latencies,
+    /// Context switches of the whole process meanwhile (voluntary and involuntary): each is a
+    /// thread that slept or was preempted, and on a VM a wake-up on another CPU costs far more
+    /// than the switch itself (`cairn-bench platform`, `handoff`).
+    switches: Option<u64>,
+}
+
 fn measure(
     threads: usize,
     duration: Duration,
     run: impl Fn(usize, &AtomicBool) -> anyhow::Result<(u64, Latencies)> + Sync,
-) -> anyhow::Result<(u64, f64, Latencies)> {
+) -> anyhow::Result<Measured> {
     let stop = AtomicBool::new(false);
+    let switches_before = crate::platform::context_switches();
     let started = Instant::now();
     let results: Vec<anyhow::Result<(u64, Latencies)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
@@ -370,6 +405,19 @@ fn measure(
             .collect()
     });
     let seconds = started.elapsed().as_secs_f64();
+    measured(results, seconds, switches_before)
+}
+
+/// Sums the threads' results of a measurement that started with `switches_before` context
+/// switches.
+fn measured(
+    results: Vec<anyhow::Result<(u64, Latencies)>>,
+    seconds: f64,
+    switches_before: Option<u64>,
+) -> anyhow::Result<Measured> {
+    let switches = crate::platform::context_switches()
+        .zip(switches_before)
+        .map(|(after, before)| after - before);
     let mut ops = 0;
     let mut latencies = Latencies::new();
     for result in results {
@@ -377,7 +425,12 @@ fn measure(
         ops += thread_ops;
         latencies.merge(&thread_latencies);
     }
-    Ok((ops, seconds, latencies))
+    Ok(Measured {
+        ops,
+        seconds,
+        latencies,
+        switches,
+    })
 }
 
 fn timed_loop(
@@ -408,7 +461,7 @@ fn emit(
     system: &dyn System,
     workload: &str,
     threads: usize,
-    result: (u64, f64, Latencies),
+    result: Measured,
 ) -> anyhow::Result<()> {
     emit_with(
         reporter,
@@ -425,9 +478,19 @@ fn emit_with(
     system: &dyn System,
     workload: &str,
     threads: usize,
-    (ops, seconds, latencies): (u64, f64, Latencies),
-    extra: serde_json::Map<String, serde_json::Value>,
+    result: Measured,
+    mut extra: serde_json::Map<String, serde_json::Value>,
 ) -> anyhow::Result<()> {
+    let Measured {
+        ops,
+        seconds,
+        latencies,
+        switches,
+    } = result;
+    if let Some(switches) = switches.filter(|_| ops > 0) {
+        let per_op = (switches as f64 / ops as f64 * 100.0).round() / 100.0;
+        extra.insert("switches_per_op".into(), per_op.into());
+    }
     reporter.emit(&Record {
         suite: "storage".into(),
         workload: workload.into(),
@@ -464,6 +527,7 @@ fn run_system(
             if !settings.wants_threads(threads) {
                 continue;
             }
+            system.settle()?;
             let syncs_before = system.syncs();
             let result = measure(threads, plan.duration, |_, stop| {
                 let mut worker = system.worker()?;
@@ -478,7 +542,7 @@ fn run_system(
                 let syncs = after - before;
                 extra.insert("syncs".into(), syncs.into());
                 if syncs > 0 {
-                    let per_sync = (result.0 as f64 / syncs as f64 * 10.0).round() / 10.0;
+                    let per_sync = (result.ops as f64 / syncs as f64 * 10.0).round() / 10.0;
                     extra.insert("ops_per_sync".into(), per_sync.into());
                 }
             }
@@ -499,6 +563,7 @@ fn run_system(
         if !settings.wants_threads(threads) {
             continue;
         }
+        system.settle()?;
         let result = measure(threads, plan.duration, |thread, stop| {
             let mut worker = system.worker()?;
             timed_loop(stop, |n| {
@@ -516,6 +581,7 @@ fn run_system(
         if !settings.wants_threads(threads) {
             continue;
         }
+        system.settle()?;
         let result = measure(threads, plan.duration, |thread, stop| {
             let mut worker = system.worker()?;
             timed_loop(stop, |n| {
@@ -533,13 +599,14 @@ fn run_system(
         if !settings.wants_threads(threads) {
             continue;
         }
+        system.settle()?;
         let (result, replaced) = snapshot_read(system, plan, threads)?;
         // The writers share the machine with the readers: how much they did shows how much of
         // it they took.
         let mut extra = serde_json::Map::new();
         extra.insert(
             "writer_ops_per_sec".into(),
-            serde_json::json!((replaced as f64 / result.1).round()),
+            serde_json::json!((replaced as f64 / result.seconds).round()),
         );
         emit_with(reporter, system, "snapshot_read", threads, result, extra)?;
     }
@@ -552,6 +619,7 @@ fn run_system(
         }
         let hot_id = -1 - threads as i64;
         system.worker()?.insert(hot_id, &document(hot_id), true)?;
+        system.settle()?;
         let result = measure(threads, plan.duration, |_, stop| {
             let mut worker = system.worker()?;
             timed_loop(stop, |_| worker.increment(hot_id))
@@ -566,11 +634,12 @@ fn snapshot_read(
     system: &dyn System,
     plan: &Plan,
     readers: usize,
-) -> anyhow::Result<((u64, f64, Latencies), u64)> {
+) -> anyhow::Result<(Measured, u64)> {
     const WRITERS: usize = 4;
     let opened = Barrier::new(readers + WRITERS);
     let stop = AtomicBool::new(false);
     let replaced = std::sync::atomic::AtomicU64::new(0);
+    let switches_before = crate::platform::context_switches();
     let started = Instant::now();
     let results: Vec<anyhow::Result<(u64, Latencies)>> = std::thread::scope(|scope| {
         let mut handles = Vec::new();
@@ -620,14 +689,10 @@ fn snapshot_read(
             .collect()
     });
     let seconds = started.elapsed().as_secs_f64();
-    let mut ops = 0;
-    let mut latencies = Latencies::new();
-    for result in results {
-        let (thread_ops, thread_latencies) = result?;
-        ops += thread_ops;
-        latencies.merge(&thread_latencies);
-    }
-    Ok(((ops, seconds, latencies), replaced.into_inner()))
+    Ok((
+        measured(results, seconds, switches_before)?,
+        replaced.into_inner(),
+    ))
 }
 
 pub fn run(settings: &Settings, reporter: &mut Reporter) -> anyhow::Result<()> {

@@ -6,7 +6,9 @@
 //! - a *sealed* version is the value of a key in a commit that is queued to the committer and
 //!   can no longer change. At the moment its commit is queued (under the queue mutex, so queue
 //!   order is commit-timestamp order), the writer seals its keys: each becomes `pending` and
-//!   passes to the first waiter. A claimer that gets a key with a pending version receives it as
+//!   free. A running claimer may take it at once; the first waiter is granted it then only if
+//!   its turn has come (below), and is otherwise woken when the sealed commit is visible, if
+//!   the key is still free. A claimer that gets a key with a pending version receives it as
 //!   its *base* and must read the key from it instead of from its snapshot; its own commit is
 //!   queued after the sealed one, so it commits later and sees it. If the sealed commit fails,
 //!   the engine has failed and every later commit fails too, so nothing built on it lands.
@@ -115,6 +117,20 @@ impl KeyState {
     /// a thread switch per update: each waiter is then granted in turn, at most one per
     /// `FAIR_HANDOFF_AFTER_US`, as parking_lot's eventual fairness does.)
     fn hand_over(&mut self) {
+        self.hand_over_or_wake(true);
+    }
+
+    /// A key sealed just now: granted directly to the first waiter if its turn has come (as in
+    /// [`KeyState::hand_over`]), but no waiter is woken to take it. The sealer is running and
+    /// usually claims the key again for its next update, as a lone writer would, before a
+    /// woken waiter on the other CPU could run; that waiter then found the key owned and slept
+    /// again, a futile wake-up and two thread switches per update. The first waiter is woken
+    /// when the sealed commit is visible (`settle`), if the key is free then.
+    fn grant_if_turn(&mut self) {
+        self.hand_over_or_wake(false);
+    }
+
+    fn hand_over_or_wake(&mut self, wake: bool) {
         assert!(self.owner.is_none(), "only an unowned key is handed over");
         let Some(first) = self.waiters.front() else {
             return;
@@ -128,7 +144,7 @@ impl KeyState {
             grant.granted = true;
             grant.base = self.pending.as_ref().map(|pending| pending.value.clone());
             waiter.wake.notify_one();
-        } else {
+        } else if wake {
             let mut grant = first.grant.lock();
             grant.woken = true;
             first.wake.notify_one();
@@ -273,7 +289,8 @@ impl KeyLocks {
     }
 
     /// Seals written keys when their commit is queued: each key gets its pending version and
-    /// passes to its first waiter. Called under the commit queue's mutex.
+    /// is free (granted to its first waiter only on the waiter's turn, see
+    /// [`KeyState::grant_if_turn`]). Called under the commit queue's mutex.
     pub(crate) fn seal(&self, written: &[(KeyId, SealedValue)], owner: OwnerId) {
         for (id, value) in written {
             let mut shard = self.shard(id).lock();
@@ -288,11 +305,12 @@ impl KeyLocks {
                 value: value.clone(),
             });
             state.owner = None;
-            state.hand_over();
+            state.grant_if_turn();
         }
     }
 
     /// The sealed commit of `owner` is done: visible at `committed_at`, or failed (`None`).
+    /// A key that no one has claimed since it was sealed goes to its first waiter.
     pub(crate) fn settle<'a>(
         &self,
         ids: impl IntoIterator<Item = &'a KeyId>,
@@ -314,6 +332,9 @@ impl KeyLocks {
                 .is_some_and(|pending| pending.sealed_by == owner)
             {
                 state.pending = None;
+            }
+            if state.owner.is_none() {
+                state.hand_over();
             }
             if state.removable(oldest_pin) {
                 shard.remove(id);
@@ -589,6 +610,51 @@ mod tests {
             0,
             "settled, unowned, no snapshot older: forgotten"
         );
+    }
+
+    fn owner_of(locks: &KeyLocks, key: &str) -> Option<OwnerId> {
+        locks
+            .shard(&id(key))
+            .lock()
+            .get(&id(key))
+            .and_then(|state| state.owner)
+    }
+
+    /// A seal frees the key for a running claimer but wakes no waiter (which would find the
+    /// key taken again and sleep, a futile wake-up per update); the first waiter gets the key
+    /// once the sealed commit is visible, if no one has claimed it meanwhile.
+    #[test]
+    fn a_seal_wakes_no_waiter_until_its_commit_is_visible() {
+        let locks = Arc::new(KeyLocks::new());
+        let ts = Timestamp::new(1, 1);
+        locks.claim(&id("hot"), 1, ts, FOR_UPDATE).unwrap();
+        let waiter = {
+            let locks = locks.clone();
+            thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                locks.wait_for(&id("hot"), 2, deadline, &mut || Ok(()))
+            })
+        };
+        while queue_length(&locks, "hot") == 0 {
+            thread::yield_now();
+        }
+        // The waiter's turn has not come: a direct grant was just made.
+        locks
+            .shard(&id("hot"))
+            .lock()
+            .get_mut(&id("hot"))
+            .unwrap()
+            .last_grant = Some(Instant::now());
+        locks.seal(&[(id("hot"), Some(Arc::new(b"v1".to_vec())))], 1);
+        // Long enough for a woken waiter to have taken the free key.
+        thread::sleep(Duration::from_millis(50));
+        assert_eq!(queue_length(&locks, "hot"), 1, "the waiter still waits");
+        assert_eq!(owner_of(&locks, "hot"), None, "the sealed key is free");
+        // The commit is visible and no one took the key: it goes to the waiter, with no base
+        // (the version is visible: the waiter's retry reads it from its new snapshot).
+        locks.settle([&id("hot")], 1, Some(Timestamp::new(2, 0)), Timestamp::MAX);
+        assert_eq!(waiter.join().unwrap().unwrap(), None);
+        assert_eq!(owner_of(&locks, "hot"), Some(2));
     }
 
     /// A freed key may be taken by a running claimer before the woken waiter runs; the waiter

@@ -1,0 +1,217 @@
+//! `cairn-bench platform`: what the machine itself allows. The storage suite's contention goals
+//! compare cairn with itself (64 writers against one), so their ceilings are the machine's, and
+//! this suite measures them in the same way on the same machine:
+//! - `fdatasync` (system `disk`, 1 thread): append 4 KiB to a zero-filled file in the
+//!   benchmark's temporary directory and fdatasync it, as the journal does for a lone `j: true`
+//!   writer. The rate of `insert_j1` with one writer cannot pass it.
+//! - `handoff` (2 threads with one token, 64 threads with 8): threads in a ring pass tokens;
+//!   each pass wakes the next thread, asleep on a parking_lot `Condvar` (what cairn's
+//!   committers and key waiters sleep on). System `any_cpu`: the threads run where the kernel
+//!   puts them; `one_cpu`: all of them are pinned to the first CPU they may use. Every `j: true`
+//!   commit of 64 writers puts its thread to sleep until its fdatasync is done and wakes it
+//!   after, so `insert_j1` with 64 writers cannot pass `handoff` with 64 threads on `any_cpu`
+//!   either, whatever the group commit does.
+//!
+//! Each record carries `switches_per_op`, the process's context switches per operation, as the
+//! storage suite's do.
+
+use crate::Settings;
+use crate::report::{Record, Reporter};
+use parking_lot::{Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Voluntary and involuntary context switches of the whole process so far, threads that have
+/// exited included (`getrusage(RUSAGE_SELF)`), or `None` where that is not available.
+#[allow(unsafe_code)]
+pub fn context_switches() -> Option<u64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `usage` is a valid, writable `rusage`; the call writes only into it.
+    let status = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+    if status != 0 {
+        return None;
+    }
+    // SAFETY: zero-initialized, and filled in by the successful call.
+    let usage = unsafe { usage.assume_init() };
+    Some((usage.ru_nvcsw + usage.ru_nivcsw) as u64)
+}
+
+/// Pins the calling thread to the first CPU it may run on. Returns whether it did.
+#[allow(unsafe_code)]
+fn pin_to_first_cpu() -> bool {
+    // SAFETY: `set` is a plain bit set that the calls below only read and write; the affinity
+    // calls take its size and a pointer to it, and affect only the calling thread (pid 0).
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::cpu_set_t>();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return false;
+        }
+        let Some(first) = (0..libc::CPU_SETSIZE as usize).find(|&cpu| libc::CPU_ISSET(cpu, &set))
+        else {
+            return false;
+        };
+        let mut only = std::mem::zeroed::<libc::cpu_set_t>();
+        libc::CPU_SET(first, &mut only);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &only) == 0
+    }
+}
+
+pub fn run(settings: &Settings, reporter: &mut Reporter) -> anyhow::Result<()> {
+    let duration = if settings.quick {
+        Duration::from_millis(300)
+    } else {
+        Duration::from_secs(3)
+    };
+    if settings.wants_workload("fdatasync") && settings.wants_system("disk") {
+        let switches = context_switches();
+        let (ops, seconds) = fdatasync(duration)?;
+        emit(reporter, "fdatasync", "disk", 1, ops, seconds, switches)?;
+    }
+    if settings.wants_workload("handoff") {
+        for (threads, tokens) in [(2, 1), (64, 8)] {
+            if !settings.wants_threads(threads) {
+                continue;
+            }
+            for (system, pinned) in [("any_cpu", false), ("one_cpu", true)] {
+                if !settings.wants_system(system) {
+                    continue;
+                }
+                let switches = context_switches();
+                let (passes, seconds) = handoff(threads, tokens, pinned, duration)?;
+                emit(
+                    reporter, "handoff", system, threads, passes, seconds, switches,
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn emit(
+    reporter: &mut Reporter,
+    workload: &str,
+    system: &str,
+    threads: usize,
+    ops: u64,
+    seconds: f64,
+    switches_before: Option<u64>,
+) -> anyhow::Result<()> {
+    let mut extra = serde_json::Map::new();
+    if let (Some(before), Some(after)) = (switches_before, context_switches()) {
+        if ops > 0 {
+            let per_op = ((after - before) as f64 / ops as f64 * 100.0).round() / 100.0;
+            extra.insert("switches_per_op".into(), per_op.into());
+        }
+    }
+    reporter.emit(&Record {
+        suite: "platform".into(),
+        workload: workload.into(),
+        system: system.into(),
+        threads,
+        ops,
+        seconds,
+        latencies: None,
+        extra,
+    })
+}
+
+/// Bytes appended before each fdatasync: one page, about what a lone writer's journal record
+/// dirties.
+const FDATASYNC_APPEND_BYTES: usize = 4096;
+/// The zero-filled file the appends go into (written zeros, as the journal grows its files, so
+/// that an fdatasync has no block allocation to persist).
+const FDATASYNC_FILE_BYTES: u64 = 256 * 1024 * 1024;
+
+fn fdatasync(duration: Duration) -> anyhow::Result<(u64, f64)> {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir()?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(dir.path().join("appends"))?;
+    let zeros = vec![0u8; 4 * 1024 * 1024];
+    let mut offset = 0;
+    while offset < FDATASYNC_FILE_BYTES {
+        file.write_all_at(&zeros, offset)?;
+        offset += zeros.len() as u64;
+    }
+    file.sync_all()?;
+    let page = vec![0xA5u8; FDATASYNC_APPEND_BYTES];
+    let started = Instant::now();
+    let mut ops = 0u64;
+    let mut offset = 0u64;
+    while started.elapsed() < duration && offset + page.len() as u64 <= FDATASYNC_FILE_BYTES {
+        file.write_all_at(&page, offset)?;
+        file.sync_data()?;
+        offset += page.len() as u64;
+        ops += 1;
+    }
+    Ok((ops, started.elapsed().as_secs_f64()))
+}
+
+/// One ring position: whether it holds a token, and where its thread sleeps.
+#[derive(Default)]
+struct Slot {
+    token: Mutex<bool>,
+    wake: Condvar,
+}
+
+/// Passes `tokens` tokens around a ring of `threads` threads for `duration`; returns the
+/// passes and the seconds they took.
+fn handoff(
+    threads: usize,
+    tokens: usize,
+    pinned: bool,
+    duration: Duration,
+) -> anyhow::Result<(u64, f64)> {
+    assert!(tokens > 0 && tokens <= threads, "tokens fit the ring");
+    let slots: Vec<Slot> = (0..threads).map(|_| Slot::default()).collect();
+    for token in 0..tokens {
+        *slots[token * threads / tokens].token.lock() = true;
+    }
+    let stop = AtomicBool::new(false);
+    let passes = AtomicU64::new(0);
+    let pinned_all = AtomicBool::new(true);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for index in 0..threads {
+            let (slots, stop, passes, pinned_all) = (&slots, &stop, &passes, &pinned_all);
+            scope.spawn(move || {
+                if pinned && !pin_to_first_cpu() {
+                    pinned_all.store(false, Ordering::Relaxed);
+                }
+                let mut passed = 0u64;
+                let next = &slots[(index + 1) % slots.len()];
+                loop {
+                    {
+                        let mut token = slots[index].token.lock();
+                        while !*token && !stop.load(Ordering::Acquire) {
+                            slots[index].wake.wait(&mut token);
+                        }
+                        if stop.load(Ordering::Acquire) {
+                            break;
+                        }
+                        *token = false;
+                    }
+                    passed += 1;
+                    *next.token.lock() = true;
+                    next.wake.notify_one();
+                }
+                passes.fetch_add(passed, Ordering::Relaxed);
+            });
+        }
+        std::thread::sleep(duration);
+        stop.store(true, Ordering::Release);
+        for slot in &slots {
+            let _token = slot.token.lock();
+            slot.wake.notify_one();
+        }
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        pinned_all.into_inner(),
+        "could not pin the ring's threads to one CPU"
+    );
+    Ok((passes.into_inner(), seconds))
+}
