@@ -1,5 +1,5 @@
-//! Key ownership: first updater wins, losers queue on the key, and a hot key is handed on as
-//! soon as its writer's commit is sealed (early lock release).
+//! Key ownership: first updater wins, losers queue on the key, and a hot key is free for the
+//! next writer as soon as its writer's commit is sealed (early lock release).
 //!
 //! A unit of work claims every key it stages. Definitions and invariants:
 //! - a key has at most one *owner*; only the owner may stage it;
@@ -20,8 +20,9 @@
 //! - a *blind* claim (a put after a plain read) never takes a pending base: the claimer may have
 //!   read the key from its snapshot already; it waits instead and retries with the base. A
 //!   claim *for update* (the claim before the read) takes the base;
-//! - waiters queue FIFO and sleep; they never spin in retries. A key that becomes free wakes
-//!   the first waiter, but a running claimer may take the key before the waiter has woken
+//! - waiters queue FIFO and sleep; they never spin in retries. A key freed by a release, or
+//!   by the visible commit of its seal, wakes the first waiter (a seal alone wakes no one, see
+//!   [`KeyState::grant_if_turn`]), but a running claimer may take the key before the waiter has woken
 //!   (*barging*, as in parking_lot's and the kernel's mutexes): a woken waiter that finds the
 //!   key owned sleeps again at the head of the queue. Handing the key to a sleeping thread costs
 //!   a thread switch per update, which on a hot document costs more than the update itself.
@@ -121,11 +122,12 @@ impl KeyState {
     }
 
     /// A key sealed just now: granted directly to the first waiter if its turn has come (as in
-    /// [`KeyState::hand_over`]), but no waiter is woken to take it. The sealer is running and
-    /// usually claims the key again for its next update, as a lone writer would, before a
-    /// woken waiter on the other CPU could run; that waiter then found the key owned and slept
-    /// again, a futile wake-up and two thread switches per update. The first waiter is woken
-    /// when the sealed commit is visible (`settle`), if the key is free then.
+    /// [`KeyState::hand_over`]), but no waiter is woken to take it. Under contention a running
+    /// writer (one just told that its own commit is visible) usually claims the key first, as
+    /// a lone writer would, before a waiter woken on the other CPU could run; that waiter then
+    /// found the key owned and slept again, a futile wake-up and two thread switches per
+    /// update. The first waiter is woken when the sealed commit is visible (`settle`), if the
+    /// key is free then.
     fn grant_if_turn(&mut self) {
         self.hand_over_or_wake(false);
     }
@@ -612,6 +614,25 @@ mod tests {
         );
     }
 
+    type WaitResult = Result<Option<SealedValue>, Error>;
+
+    /// Key "hot" claimed by owner 1 at `ts`, and owner 2 asleep in its queue.
+    fn hot_key_with_a_waiter(ts: Timestamp) -> (Arc<KeyLocks>, thread::JoinHandle<WaitResult>) {
+        let locks = Arc::new(KeyLocks::new());
+        locks.claim(&id("hot"), 1, ts, FOR_UPDATE).unwrap();
+        let waiter = {
+            let locks = locks.clone();
+            thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                locks.wait_for(&id("hot"), 2, deadline, &mut || Ok(()))
+            })
+        };
+        while queue_length(&locks, "hot") == 0 {
+            thread::yield_now();
+        }
+        (locks, waiter)
+    }
+
     fn owner_of(locks: &KeyLocks, key: &str) -> Option<OwnerId> {
         locks
             .shard(&id(key))
@@ -625,26 +646,16 @@ mod tests {
     /// once the sealed commit is visible, if no one has claimed it meanwhile.
     #[test]
     fn a_seal_wakes_no_waiter_until_its_commit_is_visible() {
-        let locks = Arc::new(KeyLocks::new());
         let ts = Timestamp::new(1, 1);
-        locks.claim(&id("hot"), 1, ts, FOR_UPDATE).unwrap();
-        let waiter = {
-            let locks = locks.clone();
-            thread::spawn(move || {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                locks.wait_for(&id("hot"), 2, deadline, &mut || Ok(()))
-            })
-        };
-        while queue_length(&locks, "hot") == 0 {
-            thread::yield_now();
-        }
-        // The waiter's turn has not come: a direct grant was just made.
+        let (locks, waiter) = hot_key_with_a_waiter(ts);
+        // The waiter's turn does not come during the test: the last direct grant is (said to
+        // be) in the future, so the time since it stays zero.
         locks
             .shard(&id("hot"))
             .lock()
             .get_mut(&id("hot"))
             .unwrap()
-            .last_grant = Some(Instant::now());
+            .last_grant = Some(Instant::now() + Duration::from_secs(60));
         locks.seal(&[(id("hot"), Some(Arc::new(b"v1".to_vec())))], 1);
         // Long enough for a woken waiter to have taken the free key.
         thread::sleep(Duration::from_millis(50));
@@ -662,19 +673,8 @@ mod tests {
     /// granted a freed key directly, and a claimer can no longer barge in.
     #[test]
     fn a_running_claimer_may_barge_until_the_first_waiter_has_waited_long() {
-        let locks = Arc::new(KeyLocks::new());
         let ts = Timestamp::new(1, 1);
-        locks.claim(&id("hot"), 1, ts, FOR_UPDATE).unwrap();
-        let waiter = {
-            let locks = locks.clone();
-            thread::spawn(move || {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                locks.wait_for(&id("hot"), 2, deadline, &mut || Ok(()))
-            })
-        };
-        while queue_length(&locks, "hot") == 0 {
-            thread::yield_now();
-        }
+        let (locks, waiter) = hot_key_with_a_waiter(ts);
         // Released while the waiter is fresh: woken, not granted, and owner 3 barges in
         // (unless the waiter was quicker, which the release below then leaves to it).
         locks.release([&id("hot")], 1, None, Timestamp::MAX);
