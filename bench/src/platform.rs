@@ -16,25 +16,10 @@
 //! storage suite's do.
 
 use crate::Settings;
-use crate::report::{Record, Reporter};
+use crate::report::{Record, Reporter, SwitchCount};
 use parking_lot::{Condvar, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-/// Voluntary and involuntary context switches of the whole process so far, threads that have
-/// exited included (`getrusage(RUSAGE_SELF)`), or `None` where that is not available.
-#[allow(unsafe_code)]
-pub fn context_switches() -> Option<u64> {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: `usage` is a valid, writable `rusage`; the call writes only into it.
-    let status = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
-    if status != 0 {
-        return None;
-    }
-    // SAFETY: zero-initialized, and filled in by the successful call.
-    let usage = unsafe { usage.assume_init() };
-    Some((usage.ru_nvcsw + usage.ru_nivcsw) as u64)
-}
 
 /// Pins the calling thread to the first CPU it may run on. Returns whether it did.
 #[allow(unsafe_code)]
@@ -75,7 +60,7 @@ pub fn run(settings: &Settings, reporter: &mut Reporter) -> anyhow::Result<()> {
                 if !settings.wants_system(system) {
                     continue;
                 }
-                let switches = context_switches();
+                let switches = SwitchCount::start();
                 let (passes, seconds) = handoff(threads, pinned, duration)?;
                 emit(
                     reporter, "handoff", system, threads, passes, seconds, switches,
@@ -93,14 +78,11 @@ fn emit(
     threads: usize,
     ops: u64,
     seconds: f64,
-    switches_before: Option<u64>,
+    switches: SwitchCount,
 ) -> anyhow::Result<()> {
     let mut extra = serde_json::Map::new();
-    if let (Some(before), Some(after)) = (switches_before, context_switches()) {
-        if ops > 0 {
-            let per_op = ((after - before) as f64 / ops as f64 * 100.0).round() / 100.0;
-            extra.insert("switches_per_op".into(), per_op.into());
-        }
+    if let Some(per_op) = switches.per_op(ops) {
+        extra.insert("switches_per_op".into(), per_op.into());
     }
     reporter.emit(&Record {
         suite: "platform".into(),
@@ -121,9 +103,9 @@ const FDATASYNC_APPEND_BYTES: usize = 4096;
 /// that an fdatasync has no block allocation to persist).
 const FDATASYNC_FILE_BYTES: u64 = 256 * 1024 * 1024;
 
-/// Returns the appends, the seconds they took, and the process's context switches before the
-/// first (after the file was filled).
-fn fdatasync(duration: Duration) -> anyhow::Result<(u64, f64, Option<u64>)> {
+/// Returns the appends, the seconds they took, and the context switches counted from the first
+/// (after the file was filled).
+fn fdatasync(duration: Duration) -> anyhow::Result<(u64, f64, SwitchCount)> {
     use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir()?;
     let file = std::fs::OpenOptions::new()
@@ -139,7 +121,7 @@ fn fdatasync(duration: Duration) -> anyhow::Result<(u64, f64, Option<u64>)> {
     }
     file.sync_all()?;
     let page = vec![0xA5u8; FDATASYNC_APPEND_BYTES];
-    let switches = context_switches();
+    let switches = SwitchCount::start();
     let started = Instant::now();
     let mut ops = 0u64;
     let mut offset = 0u64;

@@ -48,6 +48,43 @@ impl Default for Latencies {
     }
 }
 
+/// Counts the process's context switches (voluntary and involuntary, every thread, exited ones
+/// included) from `start` on: each is a thread that slept or was preempted. Reported as
+/// `switches_per_op`.
+pub struct SwitchCount {
+    before: Option<u64>,
+}
+
+impl SwitchCount {
+    pub fn start() -> SwitchCount {
+        SwitchCount {
+            before: context_switches(),
+        }
+    }
+
+    /// Switches since `start` per operation, to two decimals (`None` where the count is not
+    /// available, or for no operations).
+    pub fn per_op(&self, ops: u64) -> Option<f64> {
+        let switches = context_switches()? - self.before?;
+        (ops > 0).then(|| (switches as f64 / ops as f64 * 100.0).round() / 100.0)
+    }
+}
+
+/// Context switches of the whole process so far (`getrusage(RUSAGE_SELF)`), or `None` where
+/// that is not available.
+#[allow(unsafe_code)]
+fn context_switches() -> Option<u64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `usage` is a valid, writable `rusage`; the call writes only into it.
+    let status = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+    if status != 0 {
+        return None;
+    }
+    // SAFETY: zero-initialized, and filled in by the successful call.
+    let usage = unsafe { usage.assume_init() };
+    Some((usage.ru_nvcsw + usage.ru_nivcsw) as u64)
+}
+
 /// One measurement.
 pub struct Record {
     pub suite: String,

@@ -13,7 +13,7 @@
 //! - `hot_doc`: read-modify-write increments of one document, 1 and 64 writers.
 
 use crate::Settings;
-use crate::report::{Latencies, Record, Reporter};
+use crate::report::{Latencies, Record, Reporter, SwitchCount};
 use bson::{Document, doc};
 use cairn_storage::retry::{RetryOptions, write_conflict_retry};
 use cairn_storage::{Backend, Durability, Engine, EngineConfig, ReadAt, ScanDirection, Snapshot};
@@ -376,19 +376,76 @@ struct Measured {
     ops: u64,
     seconds: f64,
     latencies: Latencies,
-    /// Context switches of the whole process meanwhile (voluntary and involuntary): each is a
-    /// thread that slept or was preempted, and on a VM a wake-up on another CPU costs far more
-    /// than the switch itself (`cairn-bench platform`, `handoff`).
-    switches: Option<u64>,
+    /// fdatasyncs meanwhile, where the system counts them (`System::syncs`).
+    syncs: Option<u64>,
+    /// The process's context switches per operation meanwhile ([`SwitchCount`]): on a VM a
+    /// wake-up on another CPU costs far more than the switch itself (`cairn-bench platform`,
+    /// `handoff`).
+    switches_per_op: Option<f64>,
 }
 
+impl Measured {
+    /// Operations per fdatasync, to one decimal: commits per sync where the operations are
+    /// commits.
+    fn ops_per_sync(&self) -> Option<f64> {
+        let syncs = self.syncs.filter(|syncs| *syncs > 0)?;
+        Some((self.ops as f64 / syncs as f64 * 10.0).round() / 10.0)
+    }
+}
+
+/// What is counted across a measurement, from before its threads start.
+struct Counts {
+    syncs: Option<u64>,
+    switches: SwitchCount,
+}
+
+impl Counts {
+    /// Settles `system` first (untimed): no measurement pays for the one before it.
+    fn start(system: &dyn System) -> anyhow::Result<Counts> {
+        system.settle()?;
+        Ok(Counts {
+            syncs: system.syncs(),
+            switches: SwitchCount::start(),
+        })
+    }
+
+    /// Sums the threads' results of the measurement.
+    fn finish(
+        self,
+        system: &dyn System,
+        results: Vec<anyhow::Result<(u64, Latencies)>>,
+        seconds: f64,
+    ) -> anyhow::Result<Measured> {
+        let syncs = system
+            .syncs()
+            .zip(self.syncs)
+            .map(|(after, before)| after - before);
+        let mut ops = 0;
+        let mut latencies = Latencies::new();
+        for result in results {
+            let (thread_ops, thread_latencies) = result?;
+            ops += thread_ops;
+            latencies.merge(&thread_latencies);
+        }
+        Ok(Measured {
+            ops,
+            seconds,
+            latencies,
+            syncs,
+            switches_per_op: self.switches.per_op(ops),
+        })
+    }
+}
+
+/// One measurement of `system`: settled, then `run` on `threads` threads for `duration`.
 fn measure(
+    system: &dyn System,
     threads: usize,
     duration: Duration,
     run: impl Fn(usize, &AtomicBool) -> anyhow::Result<(u64, Latencies)> + Sync,
 ) -> anyhow::Result<Measured> {
+    let counts = Counts::start(system)?;
     let stop = AtomicBool::new(false);
-    let switches_before = crate::platform::context_switches();
     let started = Instant::now();
     let results: Vec<anyhow::Result<(u64, Latencies)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
@@ -404,33 +461,7 @@ fn measure(
             .map(|handle| handle.join().expect("worker thread"))
             .collect()
     });
-    let seconds = started.elapsed().as_secs_f64();
-    measured(results, seconds, switches_before)
-}
-
-/// Sums the threads' results of a measurement that started with `switches_before` context
-/// switches.
-fn measured(
-    results: Vec<anyhow::Result<(u64, Latencies)>>,
-    seconds: f64,
-    switches_before: Option<u64>,
-) -> anyhow::Result<Measured> {
-    let switches = crate::platform::context_switches()
-        .zip(switches_before)
-        .map(|(after, before)| after - before);
-    let mut ops = 0;
-    let mut latencies = Latencies::new();
-    for result in results {
-        let (thread_ops, thread_latencies) = result?;
-        ops += thread_ops;
-        latencies.merge(&thread_latencies);
-    }
-    Ok(Measured {
-        ops,
-        seconds,
-        latencies,
-        switches,
-    })
+    counts.finish(system, results, started.elapsed().as_secs_f64())
 }
 
 fn timed_loop(
@@ -485,10 +516,13 @@ fn emit_with(
         ops,
         seconds,
         latencies,
-        switches,
+        syncs,
+        switches_per_op,
     } = result;
-    if let Some(switches) = switches.filter(|_| ops > 0) {
-        let per_op = (switches as f64 / ops as f64 * 100.0).round() / 100.0;
+    if let Some(syncs) = syncs {
+        extra.insert("syncs".into(), syncs.into());
+    }
+    if let Some(per_op) = switches_per_op {
         extra.insert("switches_per_op".into(), per_op.into());
     }
     reporter.emit(&Record {
@@ -527,9 +561,7 @@ fn run_system(
             if !settings.wants_threads(threads) {
                 continue;
             }
-            system.settle()?;
-            let syncs_before = system.syncs();
-            let result = measure(threads, plan.duration, |_, stop| {
+            let result = measure(system, threads, plan.duration, |_, stop| {
                 let mut worker = system.worker()?;
                 timed_loop(stop, |_| {
                     let id = next_id.fetch_add(1, Ordering::Relaxed) as i64;
@@ -537,14 +569,9 @@ fn run_system(
                 })
             })?;
             let mut extra = serde_json::Map::new();
-            if let (Some(before), Some(after)) = (syncs_before, system.syncs()) {
+            if let Some(per_sync) = result.ops_per_sync() {
                 // Group commit at work: how many commits shared each fdatasync.
-                let syncs = after - before;
-                extra.insert("syncs".into(), syncs.into());
-                if syncs > 0 {
-                    let per_sync = (result.ops as f64 / syncs as f64 * 10.0).round() / 10.0;
-                    extra.insert("ops_per_sync".into(), per_sync.into());
-                }
+                extra.insert("ops_per_sync".into(), per_sync.into());
             }
             emit_with(reporter, system, workload, threads, result, extra)?;
         }
@@ -563,8 +590,7 @@ fn run_system(
         if !settings.wants_threads(threads) {
             continue;
         }
-        system.settle()?;
-        let result = measure(threads, plan.duration, |thread, stop| {
+        let result = measure(system, threads, plan.duration, |thread, stop| {
             let mut worker = system.worker()?;
             timed_loop(stop, |n| {
                 let id = (mix((thread as u64) << 32 | n) % plan.preload as u64) as i64;
@@ -581,8 +607,7 @@ fn run_system(
         if !settings.wants_threads(threads) {
             continue;
         }
-        system.settle()?;
-        let result = measure(threads, plan.duration, |thread, stop| {
+        let result = measure(system, threads, plan.duration, |thread, stop| {
             let mut worker = system.worker()?;
             timed_loop(stop, |n| {
                 let from = (mix((thread as u64) << 32 | n) % (plan.preload as u64 - 100)) as i64;
@@ -599,7 +624,6 @@ fn run_system(
         if !settings.wants_threads(threads) {
             continue;
         }
-        system.settle()?;
         let (result, replaced) = snapshot_read(system, plan, threads)?;
         // The writers share the machine with the readers: how much they did shows how much of
         // it they took.
@@ -619,8 +643,7 @@ fn run_system(
         }
         let hot_id = -1 - threads as i64;
         system.worker()?.insert(hot_id, &document(hot_id), true)?;
-        system.settle()?;
-        let result = measure(threads, plan.duration, |_, stop| {
+        let result = measure(system, threads, plan.duration, |_, stop| {
             let mut worker = system.worker()?;
             timed_loop(stop, |_| worker.increment(hot_id))
         })?;
@@ -639,7 +662,7 @@ fn snapshot_read(
     let opened = Barrier::new(readers + WRITERS);
     let stop = AtomicBool::new(false);
     let replaced = std::sync::atomic::AtomicU64::new(0);
-    let switches_before = crate::platform::context_switches();
+    let counts = Counts::start(system)?;
     let started = Instant::now();
     let results: Vec<anyhow::Result<(u64, Latencies)>> = std::thread::scope(|scope| {
         let mut handles = Vec::new();
@@ -690,7 +713,7 @@ fn snapshot_read(
     });
     let seconds = started.elapsed().as_secs_f64();
     Ok((
-        measured(results, seconds, switches_before)?,
+        counts.finish(system, results, seconds)?,
         replaced.into_inner(),
     ))
 }

@@ -22,10 +22,11 @@
 //!   claim *for update* (the claim before the read) takes the base;
 //! - waiters queue FIFO and sleep; they never spin in retries. A key freed by a release, or
 //!   by the visible commit of its seal, wakes the first waiter (a seal alone wakes no one, see
-//!   [`KeyState::grant_if_turn`]), but a running claimer may take the key before the waiter has woken
-//!   (*barging*, as in parking_lot's and the kernel's mutexes): a woken waiter that finds the
-//!   key owned sleeps again at the head of the queue. Handing the key to a sleeping thread costs
-//!   a thread switch per update, which on a hot document costs more than the update itself.
+//!   [`KeyState::grant_if_turn`]), but a running claimer may take the key before the waiter
+//!   has woken (*barging*, as in parking_lot's and the kernel's mutexes): a woken waiter that
+//!   finds the key owned sleeps again at the head of the queue. Handing the key to a sleeping
+//!   thread costs a thread switch per update, which on a hot document costs more than the
+//!   update itself.
 //!   Fairness is eventual: a first waiter that has waited `FAIR_HANDOFF_AFTER_US` is granted
 //!   the key directly, once as long has passed since the last such grant, so no waiter
 //!   starves: in a queue of `n`, a waiter has its turn within about `n` such intervals.
