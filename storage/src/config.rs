@@ -46,6 +46,15 @@ pub struct EngineConfig {
     /// Verify every page checksum when opening (reads the whole file once; redb checks after a
     /// crash in any case). A damaged file is then refused with DataCorruptionDetected.
     pub verify_checksums_on_open: bool,
+    /// The flusher thread's nice value (Linux keeps one per thread; 19 is the lowest priority,
+    /// `None` leaves it as inherited). Writing the memtable to redb is background work: at the
+    /// priority of the threads that serve operations, the flusher's wake-up preempts a writer,
+    /// and a writer preempted while it owns a hot key or leads a commit batch stalls every
+    /// writer queued behind it. At a lower priority the flusher runs on what they leave idle;
+    /// it cannot fall behind without bound, since past `MEMTABLE_BYTES_MAX` the committing
+    /// leader writes the memtable itself. (RocksDB lowers its compaction threads' priority for
+    /// the same reason.)
+    pub flusher_nice: Option<i32>,
 }
 
 impl Default for EngineConfig {
@@ -65,9 +74,13 @@ impl Default for EngineConfig {
             write_conflict_wait_ms_max: 60_000,
             commit_mode: CommitMode::Background,
             verify_checksums_on_open: true,
+            flusher_nice: Some(FLUSHER_NICE),
         }
     }
 }
+
+/// The flusher's default nice value: the lowest priority (see `EngineConfig::flusher_nice`).
+pub const FLUSHER_NICE: i32 = 19;
 
 /// Smallest default oplog (MongoDB: 990 MB).
 pub(crate) const OPLOG_DEFAULT_BYTES_MIN: u64 = 990 * 1024 * 1024;

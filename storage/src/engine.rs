@@ -244,6 +244,22 @@ fn open_database(config: &EngineConfig, backend: &Backend) -> Result<redb::Datab
     })
 }
 
+/// Sets the calling thread's nice value (Linux: a thread's own scheduling priority). Raising it
+/// needs no privilege; a failure (lowering it without CAP_SYS_NICE, or a platform without
+/// per-thread priorities) is logged and the thread runs on at the priority it had.
+#[allow(unsafe_code)]
+fn set_thread_nice(nice: i32) {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority only reads its arguments; PRIO_PROCESS with a thread id sets that
+    // thread's nice value on Linux.
+    let status = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+    if status != 0 {
+        let error = std::io::Error::last_os_error();
+        tracing::warn!(nice, %error, "could not set the flusher thread's priority");
+    }
+}
+
 /// Free space of the filesystem holding `path`, in bytes.
 #[allow(unsafe_code)]
 fn free_disk_bytes(path: &std::path::Path) -> Option<u64> {
@@ -462,7 +478,12 @@ impl Engine {
                         .map_err(|error| storage_error("starting the committer", error))?,
                     std::thread::Builder::new()
                         .name("cairn-storage-flush".into())
-                        .spawn(move || committer::run_flusher(flusher))
+                        .spawn(move || {
+                            if let Some(nice) = flusher.config.flusher_nice {
+                                set_thread_nice(nice);
+                            }
+                            committer::run_flusher(flusher)
+                        })
                         .map_err(|error| storage_error("starting the flusher", error))?,
                 ]
             }
