@@ -925,7 +925,10 @@ impl<'w> Run<'w> {
         }
         let replaced = tables
             .current(self.ident)?
-            .insert(self.key, format::encode_version(self.ts, self.value).as_slice())
+            .insert(
+                self.key,
+                format::encode_version(self.ts, self.value).as_slice(),
+            )
             .map_err(|error| storage_error("writing", error))?;
         // What it replaces is the run's first version, already in history.
         let old_ts = replaced.map(|guard| decode_version(guard.value()).ts);
@@ -1293,7 +1296,10 @@ pub(crate) fn write_units<'u, 'a: 'u>(
             let ts = unit.stamps[write.slot as usize];
             let value = write.value.as_deref();
             totals.versions += 1;
-            if let Some(run) = run.as_mut().filter(|run| run.continues(write.ident, &write.key)) {
+            if let Some(run) = run
+                .as_mut()
+                .filter(|run| run.continues(write.ident, &write.key))
+            {
                 run.extend(&mut tables, &mut writelog, ts, value)?;
                 totals.histories += 1;
                 continue;
@@ -2024,9 +2030,7 @@ mod tests {
                                 .map(|(ident, key)| StagedWrite {
                                     ident,
                                     key: vec![key],
-                                    value: rng
-                                        .random_bool(0.8)
-                                        .then(|| vec![key, index as u8]),
+                                    value: rng.random_bool(0.8).then(|| vec![key, index as u8]),
                                     slot: 0,
                                 })
                                 .collect(),
