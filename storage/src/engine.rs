@@ -245,8 +245,9 @@ fn open_database(config: &EngineConfig, backend: &Backend) -> Result<redb::Datab
 }
 
 /// Sets the calling thread's nice value (Linux: a thread's own scheduling priority). Raising it
-/// needs no privilege; a failure (lowering it without CAP_SYS_NICE, or a platform without
-/// per-thread priorities) is logged and the thread runs on at the priority it had.
+/// needs no privilege; a failure (lowering it again without CAP_SYS_NICE) is logged and the
+/// thread runs on at the priority it had.
+#[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 fn set_thread_nice(nice: i32) {
     // SAFETY: gettid has no preconditions.
@@ -258,6 +259,14 @@ fn set_thread_nice(nice: i32) {
         let error = std::io::Error::last_os_error();
         tracing::warn!(nice, %error, "could not set the flusher thread's priority");
     }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_thread_nice(nice: i32) {
+    tracing::warn!(
+        nice,
+        "per-thread priorities are Linux only: the flusher's is unchanged"
+    );
 }
 
 /// Free space of the filesystem holding `path`, in bytes.

@@ -45,7 +45,7 @@ pub mod backend;
 
 pub use backend::{Backend, CrashableMemory};
 pub use catalog::{CollectionMeta, IndexMeta};
-pub use config::{CommitMode, EngineConfig, FLUSHER_NICE};
+pub use config::{CommitMode, EngineConfig};
 pub use engine::{Engine, TimestampState};
 pub use journal::JOURNAL_FILE_NAMES;
 pub use snapshot::{OplogIter, ReadAt, ScanDirection, ScanIter, Snapshot};

@@ -5,7 +5,7 @@ mod common;
 
 use bson::doc;
 use cairn_storage::retry::{RetryOptions, write_conflict_retry};
-use cairn_storage::{Durability, FLUSHER_NICE, ReadAt, ScanDirection};
+use cairn_storage::{Durability, ReadAt, ScanDirection};
 use cairn_types::{ErrorCode, Namespace, Timestamp};
 use common::{backends, clock, key, open};
 use std::ops::Bound;
@@ -213,49 +213,6 @@ fn hot_document_increments_are_never_lost() {
         drop(snapshot);
         engine.close().unwrap();
     }
-}
-
-/// The nice values of this process's flusher threads (`cairn-storage-flush`, which /proc cuts
-/// to 15 bytes).
-#[cfg(target_os = "linux")]
-fn flusher_nices() -> Vec<i32> {
-    let mut nices = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
-        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
-            continue; // the thread ended meanwhile
-        };
-        let (head, rest) = stat.rsplit_once(") ").expect("pid (comm) fields");
-        if !head.ends_with("(cairn-storage-f") {
-            continue;
-        }
-        // After the name: state is field 3 of proc(5)'s stat, nice field 19.
-        let nice = rest.split_whitespace().nth(19 - 3).expect("a nice field");
-        nices.push(nice.parse().expect("a number"));
-    }
-    nices
-}
-
-/// The flusher lowers its own priority (`EngineConfig::flusher_nice`, default the lowest):
-/// every flusher of this process (each test's engines use the default) reaches nice 19.
-#[cfg(target_os = "linux")]
-#[test]
-fn the_flusher_runs_at_the_lowest_priority() {
-    let clock = clock();
-    let engine = open(&cairn_storage::Backend::Memory, &clock);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        // A flusher just started by another test may not have lowered its priority yet.
-        let nices = flusher_nices();
-        if !nices.is_empty() && nices.iter().all(|&nice| nice == FLUSHER_NICE) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "flusher threads' nice values: {nices:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    engine.close().unwrap();
 }
 
 #[test]
