@@ -18,7 +18,7 @@
 //!   writer's wait (`writer_wait`, p50/p99 in us): bounded waits show that X is not starved.
 
 use crate::Settings;
-use crate::report::{Latencies, Record, Reporter};
+use crate::report::{Latencies, Record, Reporter, sum_threads};
 use cairn_locking::{LockManager, LockManagerConfig, LockMode, Locker, LockerOptions};
 use cairn_types::Namespace;
 use serde_json::{Map, Value};
@@ -229,13 +229,11 @@ fn intent_throughput(
     let started = Instant::now();
     thread::sleep(run_for);
     stop.store(true, Ordering::Relaxed);
-    let mut ops = 0;
-    let mut latencies = Latencies::new();
-    for worker in workers {
-        let (worker_ops, worker_latencies) = worker.join().expect("worker");
-        ops += worker_ops;
-        latencies.merge(&worker_latencies);
-    }
+    let (ops, latencies) = sum_threads(
+        workers
+            .into_iter()
+            .map(|worker| worker.join().expect("worker")),
+    );
     let elapsed = started.elapsed();
     let mut record = record(workload, "cairn", threads, ops, elapsed);
     record.latencies = Some(latencies);
@@ -282,13 +280,11 @@ fn private_mutexes(threads: usize, run_for: Duration) -> Record {
     let started = Instant::now();
     thread::sleep(run_for);
     stop.store(true, Ordering::Relaxed);
-    let mut ops = 0;
-    let mut latencies = Latencies::new();
-    for worker in workers {
-        let (worker_ops, worker_latencies) = worker.join().expect("worker");
-        ops += worker_ops;
-        latencies.merge(&worker_latencies);
-    }
+    let (ops, latencies) = sum_threads(
+        workers
+            .into_iter()
+            .map(|worker| worker.join().expect("worker")),
+    );
     let mut record = record(
         "ix_distinct",
         "private_mutexes",
@@ -353,13 +349,11 @@ fn readers_with_waiting_writer(run_for: Duration, with_writer: bool) -> Vec<Reco
     let started = Instant::now();
     thread::sleep(run_for);
     stop.store(true, Ordering::Relaxed);
-    let mut ops = 0;
-    let mut latencies = Latencies::new();
-    for reader in readers {
-        let (reader_ops, reader_latencies) = reader.join().expect("reader");
-        ops += reader_ops;
-        latencies.merge(&reader_latencies);
-    }
+    let (ops, latencies) = sum_threads(
+        readers
+            .into_iter()
+            .map(|reader| reader.join().expect("reader")),
+    );
     let elapsed = started.elapsed();
     let workload = if with_writer {
         "readers_waiting_writer"

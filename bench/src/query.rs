@@ -26,7 +26,7 @@
 //!   `writers_alone`. These run three times as long as the other measurements.
 
 use crate::Settings;
-use crate::report::{Latencies, Record, Reporter};
+use crate::report::{Latencies, Record, Reporter, sum_threads};
 use bson::{Bson, Document, doc};
 use cairn_server::{ClientInfo, Node, NodeConfig};
 use serde_json::{Map, Value};
@@ -209,13 +209,7 @@ fn find_workload(
             .map(|h| h.join().expect("a query thread"))
             .collect()
     });
-    let mut ops = 0;
-    let mut latencies = Latencies::new();
-    for result in results {
-        let (thread_ops, thread_latencies) = result?;
-        ops += thread_ops;
-        latencies.merge(&thread_latencies);
-    }
+    let (ops, latencies) = sum_threads(results.into_iter().collect::<anyhow::Result<Vec<_>>>()?);
     let mut record = record(workload, threads, ops, run_for);
     record.latencies = Some(latencies);
     record

@@ -48,6 +48,17 @@ impl Default for Latencies {
     }
 }
 
+/// Sums the operations and merges the latencies of a measurement's threads.
+pub fn sum_threads(results: impl IntoIterator<Item = (u64, Latencies)>) -> (u64, Latencies) {
+    let mut ops = 0;
+    let mut latencies = Latencies::new();
+    for (thread_ops, thread_latencies) in results {
+        ops += thread_ops;
+        latencies.merge(&thread_latencies);
+    }
+    (ops, latencies)
+}
+
 /// Counts the process's context switches (voluntary and involuntary, every thread, exited ones
 /// included) from `start` on: each is a thread that slept or was preempted. Reported as
 /// `switches_per_op`.

@@ -13,7 +13,7 @@
 //! - `hot_doc`: read-modify-write increments of one document, 1 and 64 writers.
 
 use crate::Settings;
-use crate::report::{Latencies, Record, Reporter, SwitchCount};
+use crate::report::{Latencies, Record, Reporter, SwitchCount, sum_threads};
 use bson::{Document, doc};
 use cairn_storage::retry::{RetryOptions, write_conflict_retry};
 use cairn_storage::{Backend, Durability, Engine, EngineConfig, ReadAt, ScanDirection, Snapshot};
@@ -420,13 +420,8 @@ impl Counts {
             .syncs()
             .zip(self.syncs)
             .map(|(after, before)| after - before);
-        let mut ops = 0;
-        let mut latencies = Latencies::new();
-        for result in results {
-            let (thread_ops, thread_latencies) = result?;
-            ops += thread_ops;
-            latencies.merge(&thread_latencies);
-        }
+        let (ops, latencies) =
+            sum_threads(results.into_iter().collect::<anyhow::Result<Vec<_>>>()?);
         Ok(Measured {
             ops,
             seconds,

@@ -843,26 +843,50 @@ fn apply_write(
         .map_err(|error| storage_error("writing", error))?
         .map(|guard| guard.value().to_vec());
     if let Some(old) = &replaced {
-        let old_ts = decode_version(old).ts;
-        assert!(
-            old_ts < ts,
-            "new version {ts} is not newer than the version {old_ts} it replaces"
-        );
-        tables
-            .history(ident)?
-            .insert(history_key(key, ts).as_slice(), old.as_slice())
-            .map_err(|error| storage_error("writing history", error))?;
+        to_history(tables, ident, key, ts, decode_version(old).ts, old)?;
     }
     if replaced.is_some() || stable_lags {
-        writelog
-            .insert(writelog_key(ts, ident, key).as_slice(), ())
-            .map_err(|error| storage_error("writing the write log", error))?;
+        log_write(writelog, ts, ident, key)?;
     }
     Ok(if replaced.is_some() {
         Applied::Replaced
     } else {
         Applied::Inserted
     })
+}
+
+/// `key`'s version `old`, committed at `old_ts`, replaced by a write at `ts`: it moves to
+/// history, keyed by the time it stopped being current.
+fn to_history(
+    tables: &mut BatchTables<'_>,
+    ident: u64,
+    key: &[u8],
+    ts: Timestamp,
+    old_ts: Timestamp,
+    old: &[u8],
+) -> Result<(), Error> {
+    assert!(
+        old_ts < ts,
+        "new version {ts} is not newer than the version {old_ts} it replaces"
+    );
+    tables
+        .history(ident)?
+        .insert(history_key(key, ts).as_slice(), old)
+        .map_err(|error| storage_error("writing history", error))?;
+    Ok(())
+}
+
+/// Logs a write at `ts` in the write log (for garbage collection and recovery to stable).
+fn log_write(
+    writelog: &mut redb::Table<'_, &'static [u8], ()>,
+    ts: Timestamp,
+    ident: u64,
+    key: &[u8],
+) -> Result<(), Error> {
+    writelog
+        .insert(writelog_key(ts, ident, key).as_slice(), ())
+        .map_err(|error| storage_error("writing the write log", error))?;
+    Ok(())
 }
 
 /// Consecutive writes of one key (a hot document's updates, one unit after another): the
@@ -897,21 +921,9 @@ impl<'w> Run<'w> {
         ts: Timestamp,
         value: Option<&'w [u8]>,
     ) -> Result<(), Error> {
-        assert!(
-            self.ts < ts,
-            "new version {ts} is not newer than the version {} it replaces",
-            self.ts
-        );
-        tables
-            .history(self.ident)?
-            .insert(
-                history_key(self.key, ts).as_slice(),
-                format::encode_version(self.ts, self.value).as_slice(),
-            )
-            .map_err(|error| storage_error("writing history", error))?;
-        writelog
-            .insert(writelog_key(ts, self.ident, self.key).as_slice(), ())
-            .map_err(|error| storage_error("writing the write log", error))?;
+        let version = format::encode_version(self.ts, self.value);
+        to_history(tables, self.ident, self.key, ts, self.ts, &version)?;
+        log_write(writelog, ts, self.ident, self.key)?;
         self.ts = ts;
         self.value = value;
         self.deferred = true;
@@ -1972,8 +1984,8 @@ mod tests {
         let mut tables = Vec::new();
         for ident in idents {
             for name in [
-                format::current_table_name(ident.to_owned()).to_string(),
-                format::history_table_name(ident.to_owned()).to_string(),
+                format::current_table_name(*ident).to_string(),
+                format::history_table_name(*ident).to_string(),
             ] {
                 let rows = match txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name)) {
                     Ok(table) => table

@@ -500,6 +500,29 @@ mod tests {
             .map_or(0, |state| state.waiters.len())
     }
 
+    type WaitResult = Result<Option<SealedValue>, Error>;
+
+    /// `owner` waiting for `key` on a thread of its own, queued (asleep or about to be) when
+    /// this returns.
+    fn queue_waiter(
+        locks: &Arc<KeyLocks>,
+        key: &'static str,
+        owner: OwnerId,
+    ) -> thread::JoinHandle<WaitResult> {
+        let queued = queue_length(locks, key);
+        let waiter = {
+            let locks = locks.clone();
+            thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                locks.wait_for(&id(key), owner, deadline, &mut || Ok(()))
+            })
+        };
+        while queue_length(locks, key) == queued {
+            thread::yield_now();
+        }
+        waiter
+    }
+
     #[test]
     fn first_claimer_wins_and_release_hands_over_in_order() {
         let locks = Arc::new(KeyLocks::new());
@@ -512,16 +535,7 @@ mod tests {
         );
         assert!(locks.claim(&id("b"), 2, ts, BLIND).unwrap().newly);
 
-        let waiter = {
-            let locks = locks.clone();
-            thread::spawn(move || {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                locks.wait_for(&id("a"), 2, deadline, &mut || Ok(()))
-            })
-        };
-        while queue_length(&locks, "a") == 0 {
-            thread::yield_now();
-        }
+        let waiter = queue_waiter(&locks, "a", 2);
         locks.release([&id("a")], 1, Some(Timestamp::new(2, 1)), Timestamp::MAX);
         assert_eq!(
             waiter.join().unwrap().unwrap(),
@@ -615,22 +629,11 @@ mod tests {
         );
     }
 
-    type WaitResult = Result<Option<SealedValue>, Error>;
-
     /// Key "hot" claimed by owner 1 at `ts`, and owner 2 asleep in its queue.
     fn hot_key_with_a_waiter(ts: Timestamp) -> (Arc<KeyLocks>, thread::JoinHandle<WaitResult>) {
         let locks = Arc::new(KeyLocks::new());
         locks.claim(&id("hot"), 1, ts, FOR_UPDATE).unwrap();
-        let waiter = {
-            let locks = locks.clone();
-            thread::spawn(move || {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                locks.wait_for(&id("hot"), 2, deadline, &mut || Ok(()))
-            })
-        };
-        while queue_length(&locks, "hot") == 0 {
-            thread::yield_now();
-        }
+        let waiter = queue_waiter(&locks, "hot", 2);
         (locks, waiter)
     }
 
@@ -716,21 +719,8 @@ mod tests {
         let locks = Arc::new(KeyLocks::new());
         let ts = Timestamp::new(1, 1);
         locks.claim(&id("hot"), 1, ts, FOR_UPDATE).unwrap();
-        let spawn_waiter = |owner: OwnerId| {
-            let locks = locks.clone();
-            thread::spawn(move || {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                locks.wait_for(&id("hot"), owner, deadline, &mut || Ok(()))
-            })
-        };
-        let second = spawn_waiter(2);
-        while queue_length(&locks, "hot") < 1 {
-            thread::yield_now();
-        }
-        let third = spawn_waiter(3);
-        while queue_length(&locks, "hot") < 2 {
-            thread::yield_now();
-        }
+        let second = queue_waiter(&locks, "hot", 2);
+        let third = queue_waiter(&locks, "hot", 3);
         std::thread::sleep(Duration::from_micros(2 * FAIR_HANDOFF_AFTER_US));
         assert_eq!(
             free_and_see_owner(&locks, "hot", 1),
