@@ -46,6 +46,10 @@ struct Arguments {
     /// commas), e.g. `--threads 16` (the server suite).
     #[arg(long, value_delimiter = ',')]
     threads: Option<Vec<usize>>,
+    /// The server suite: the node's idle poll (`net.idlePollMicros`; 0 turns it off). By
+    /// default cairnd's.
+    #[arg(long)]
+    idle_poll_micros: Option<u64>,
 }
 
 /// What every suite receives.
@@ -57,6 +61,8 @@ pub struct Settings {
     pub protocol: String,
     /// Thread counts to run (all when `None`).
     pub threads: Option<Vec<usize>>,
+    /// The node's idle poll in the server suite (cairnd's default when `None`).
+    pub idle_poll_micros: Option<u64>,
 }
 
 impl Settings {
@@ -91,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         system: arguments.system,
         protocol: arguments.protocol,
         threads: arguments.threads,
+        idle_poll_micros: arguments.idle_poll_micros,
     };
     match arguments.suite.as_str() {
         "storage" => storage::run(&settings, &mut reporter),

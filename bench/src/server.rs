@@ -177,7 +177,11 @@ pub fn run(settings: &Settings, reporter: &mut Reporter) -> anyhow::Result<()> {
             "server: starting cairn and loading {} records",
             scale.records
         );
-        Some(CairnPeer::start(&client_runtime, scale.records)?)
+        Some(CairnPeer::start(
+            &client_runtime,
+            scale.records,
+            settings.idle_poll_micros,
+        )?)
     } else {
         None
     };
@@ -317,6 +321,10 @@ struct NodeCounters {
     inline: i64,
     /// `cairn.execution.handedBack`: inline attempts that ran on a blocking thread instead.
     handed_back: i64,
+    /// `cairn.network.idlePollMicros`: the network threads' idle poll (a setting).
+    idle_poll_micros: i64,
+    /// `cairn.network.idlePolledMicros`: CPU time they spent polling with nothing to do.
+    idle_polled_micros: i64,
 }
 
 struct CairnPeer {
@@ -330,15 +338,22 @@ struct CairnPeer {
 }
 
 impl CairnPeer {
-    fn start(client_runtime: &tokio::runtime::Runtime, records: u64) -> anyhow::Result<CairnPeer> {
+    fn start(
+        client_runtime: &tokio::runtime::Runtime,
+        records: u64,
+        idle_poll_micros: Option<u64>,
+    ) -> anyhow::Result<CairnPeer> {
         let server_runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("cairnd-main")
             .build()?;
-        let config = cairn_server::NodeConfig {
+        let mut config = cairn_server::NodeConfig {
             port: 0,
             ..Default::default()
         };
+        if let Some(micros) = idle_poll_micros {
+            config.idle_poll_micros = micros;
+        }
         let node = server_runtime.block_on(cairn_server::EmbeddedNode::start(config, true))?;
         let address = node.address;
         let (client, wire_client) = client_runtime.block_on(async move {
@@ -464,6 +479,11 @@ impl CairnPeer {
                     "handed_back",
                     (after.handed_back - before.handed_back).into(),
                 ),
+                ("idle_poll_micros", after.idle_poll_micros.into()),
+                (
+                    "idle_polled_ms",
+                    ((after.idle_polled_micros - before.idle_polled_micros) / 1000).into(),
+                ),
             ],
         );
         Ok(record(plan, "cairn", threads, measurement, extra))
@@ -564,13 +584,15 @@ impl CairnPeer {
             .get_document("metrics")
             .and_then(|metrics| metrics.get_document("operation"))
             .and_then(|operation| operation.get_i64("writeConflicts"))?;
-        let execution = status
-            .get_document("cairn")
-            .and_then(|cairn| cairn.get_document("execution"))?;
+        let cairn = status.get_document("cairn")?;
+        let execution = cairn.get_document("execution")?;
+        let network = cairn.get_document("network")?;
         Ok(NodeCounters {
             write_conflicts,
             inline: execution.get_i64("inline")?,
             handed_back: execution.get_i64("handedBack")?,
+            idle_poll_micros: network.get_i64("idlePollMicros")?,
+            idle_polled_micros: network.get_i64("idlePolledMicros")?,
         })
     }
 

@@ -54,6 +54,9 @@ pub struct NodeConfig {
     pub verify_checksums_on_open: bool,
     /// Threads that serve connections (`network`); 0: one per core.
     pub network_threads: usize,
+    /// How long the network threads poll for work after a request before they sleep
+    /// (`net.idlePollMicros`; 0: never poll). See `network`.
+    pub idle_poll_micros: u64,
 }
 
 impl Default for NodeConfig {
@@ -75,6 +78,7 @@ impl Default for NodeConfig {
             connections_max: 1_000_000,
             verify_checksums_on_open: true,
             network_threads: 0,
+            idle_poll_micros: crate::network::IDLE_POLL_DEFAULT_MICROS,
         }
     }
 }
@@ -138,6 +142,7 @@ struct FileNet {
     port: Option<u16>,
     bind_ip: Option<String>,
     max_incoming_connections: Option<u32>,
+    idle_poll_micros: Option<u64>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -235,6 +240,7 @@ impl NodeConfig {
             self.bind_ip = split_bind_ip(&bind_ip);
         }
         self.connections_max = net.max_incoming_connections.unwrap_or(self.connections_max);
+        self.idle_poll_micros = net.idle_poll_micros.unwrap_or(self.idle_poll_micros);
         self.repl_set = replication.repl_set_name.or(self.repl_set.take());
         self.log_format = system_log.format.unwrap_or(self.log_format);
         self.verbosity = system_log.verbosity.unwrap_or(self.verbosity);
@@ -263,6 +269,11 @@ impl NodeConfig {
         anyhow::ensure!(
             self.connections_max > 0,
             "maxIncomingConnections must be positive"
+        );
+        anyhow::ensure!(
+            self.idle_poll_micros <= crate::network::IDLE_POLL_MAX_MICROS,
+            "idlePollMicros must be between 0 and {}",
+            crate::network::IDLE_POLL_MAX_MICROS
         );
         Ok(())
     }
@@ -313,6 +324,37 @@ mod tests {
         assert_eq!(config.commit_interval_ms, 50);
         let defaults = NodeConfig::from_arguments(&Arguments::parse_from(["cairnd"])).unwrap();
         assert_eq!(defaults.port, DEFAULT_PORT);
+        assert_eq!(
+            defaults.idle_poll_micros,
+            crate::network::IDLE_POLL_DEFAULT_MICROS
+        );
+    }
+
+    #[test]
+    fn the_idle_poll_is_set_in_the_file_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cairnd.toml");
+        let parse = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            let arguments = Arguments::parse_from(["cairnd", "--config", file.to_str().unwrap()]);
+            NodeConfig::from_arguments(&arguments)
+        };
+        assert_eq!(
+            parse("[net]\nidlePollMicros = 0\n")
+                .unwrap()
+                .idle_poll_micros,
+            0
+        );
+        assert_eq!(
+            parse("[net]\nidlePollMicros = 250\n")
+                .unwrap()
+                .idle_poll_micros,
+            250
+        );
+        let error = parse("[net]\nidlePollMicros = 10001\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("idlePollMicros"), "{error}");
     }
 
     #[test]

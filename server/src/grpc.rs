@@ -75,11 +75,18 @@ pub struct CountedStream {
     out: BytesMut,
     /// A flush of `out` was deferred (and the task woken to make it).
     flush_deferred: bool,
+    /// Told when bytes arrive (a call's request, most of the time).
+    signal: crate::network::RequestSignal,
 }
 
 impl CountedStream {
     /// A connection already counted, whose first bytes `prefix` were already read.
-    pub fn from_parts(stream: TcpStream, guard: ConnectionGuard, prefix: Vec<u8>) -> CountedStream {
+    pub fn from_parts(
+        stream: TcpStream,
+        guard: ConnectionGuard,
+        prefix: Vec<u8>,
+        signal: crate::network::RequestSignal,
+    ) -> CountedStream {
         CountedStream {
             stream,
             guard: Arc::new(guard),
@@ -87,6 +94,7 @@ impl CountedStream {
             prefix_read: 0,
             out: BytesMut::new(),
             flush_deferred: false,
+            signal,
         }
     }
 
@@ -133,7 +141,12 @@ impl AsyncRead for CountedStream {
             this.prefix_read += count;
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.signal.request_arrived();
+        }
+        read
     }
 }
 

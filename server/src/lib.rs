@@ -105,7 +105,11 @@ pub async fn serve(
         0 => network::default_thread_count(),
         count => count,
     };
-    let network = std::sync::Arc::new(network::NetworkThreads::start(threads)?);
+    let network = std::sync::Arc::new(network::NetworkThreads::start(
+        threads,
+        node.config().idle_poll_micros,
+        node.inner().metrics.idle_polled_nanos.clone(),
+    )?);
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     let mut accepters = Vec::new();
     for listener in listeners {
@@ -182,9 +186,10 @@ async fn accept_connections(
                 let stop = stop.clone();
                 connections.spawn_on(
                     async move {
+                        let signal = placement.request_signal();
                         let _placement = placement;
                         match tokio::net::TcpStream::from_std(stream) {
-                            Ok(stream) => route_connection(stream, guard, node, stop).await,
+                            Ok(stream) => route_connection(stream, guard, node, stop, signal).await,
                             Err(error) => tracing::warn!(%peer, %error, "cannot register the connection"),
                         }
                     },
@@ -207,6 +212,7 @@ async fn route_connection(
     guard: node::ConnectionGuard,
     node: Node,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    signal: network::RequestSignal,
 ) {
     use tokio::io::AsyncReadExt;
     let mut first = [0u8; wire::PROTOCOL_DETECTION_BYTES];
@@ -220,10 +226,10 @@ async fn route_connection(
         return;
     }
     if wire::is_http2_preface(&first) {
-        let counted = grpc::CountedStream::from_parts(stream, guard, first.to_vec());
+        let counted = grpc::CountedStream::from_parts(stream, guard, first.to_vec(), signal);
         grpc::serve_connection(counted, node, stop).await;
     } else {
-        wire::serve_connection(stream, guard, first.to_vec(), node, stop).await;
+        wire::serve_connection(stream, guard, first.to_vec(), node, stop, signal).await;
     }
 }
 

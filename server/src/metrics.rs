@@ -1,6 +1,7 @@
 //! Server counters for serverStatus (relaxed atomics: statistics, not synchronisation).
 
 use bson::{Document, doc};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// serverStatus.opcounters, metrics.document and friends.
@@ -25,6 +26,9 @@ pub struct Metrics {
     pub inline_ran: AtomicU64,
     /// Inline attempts handed back to run on a blocking thread (they would have waited).
     pub inline_handed_back: AtomicU64,
+    /// CPU time the network threads spent polling with nothing to do (`network`), in
+    /// nanoseconds; shared with the network threads.
+    pub idle_polled_nanos: Arc<AtomicU64>,
 }
 
 pub fn add(counter: &AtomicU64, value: u64) {
@@ -41,6 +45,14 @@ impl Metrics {
         doc! {
             "inline": load(&self.inline_ran),
             "handedBack": load(&self.inline_handed_back),
+        }
+    }
+
+    /// serverStatus.cairn.network: the network threads' idle poll (`network`).
+    pub fn network(&self, idle_poll_micros: u64) -> Document {
+        doc! {
+            "idlePollMicros": idle_poll_micros as i64,
+            "idlePolledMicros": load(&self.idle_polled_nanos) / 1000,
         }
     }
 

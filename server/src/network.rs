@@ -18,9 +18,21 @@
 //! idle connections (a driver's monitoring connection) counted as much as busy ones. It is a
 //! guess made once, when the connection opens: connections that open together, before any of
 //! them is busy, can still end up together.
+//!
+//! After a request arrives, every network thread keeps polling for [`NodeConfig::idle_poll_micros`]
+//! before it sleeps in the kernel (`net.idlePollMicros`, default
+//! [`IDLE_POLL_DEFAULT_MICROS`]; 0 turns it off). On a virtual machine a CPU with nothing to run
+//! is halted, and waking a thread there goes through the hypervisor: tens of microseconds, more
+//! than a read takes. A thread that polls instead keeps its CPU running, so the next request
+//! (or the client's thread, woken by the reply) finds it awake. Polling yields the CPU to any
+//! other thread that can run (`sched_yield` between polls), so it takes only CPU time nothing
+//! else wanted; that time is not counted in the thread's load. Seastar's reactor does the same
+//! (`--idle-poll-time-us`, 200 us by default).
+//!
+//! [`NodeConfig::idle_poll_micros`]: crate::NodeConfig::idle_poll_micros
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often a network thread measures its own CPU time.
@@ -28,6 +40,116 @@ const LOAD_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 /// What an open connection adds to its thread's load (CPU time per wall time, in thousandths)
 /// when placing a new one, so that among idle threads the one with fewer connections wins.
 const CONNECTION_LOAD_PERMILLE: u32 = 20;
+/// How long the network threads poll for work after a request, by default (see the module's
+/// comment).
+pub const IDLE_POLL_DEFAULT_MICROS: u64 = 100;
+/// The longest idle poll a configuration may ask for.
+pub const IDLE_POLL_MAX_MICROS: u64 = 10_000;
+
+/// Requests arriving at the node's network threads: when the last one came, and each thread's
+/// poller.
+struct Activity {
+    epoch: Instant,
+    /// When the last request arrived, in microseconds since `epoch` (at least 1); 0 before
+    /// the first.
+    last_request_micros: AtomicU64,
+    idle_poll_micros: u64,
+    /// One per network thread.
+    pollers: Vec<Poller>,
+    /// CPU time all threads spent polling with no request arriving, in nanoseconds
+    /// (serverStatus).
+    idle_polled_total_nanos: Arc<AtomicU64>,
+}
+
+/// A network thread's idle poller.
+#[derive(Default)]
+struct Poller {
+    /// Waiting for a request, not polling.
+    asleep: AtomicBool,
+    wake: tokio::sync::Notify,
+    /// Requests read on the thread: polling that saw none was idle time.
+    requests: AtomicU64,
+    /// CPU time the thread spent polling with no request arriving, in nanoseconds.
+    idle_polled_nanos: AtomicU64,
+}
+
+impl Activity {
+    fn now_micros(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// A request arrived within the last `idle_poll_micros`.
+    fn recent(&self) -> bool {
+        let last = self.last_request_micros.load(Ordering::SeqCst);
+        last != 0 && self.now_micros().saturating_sub(last) < self.idle_poll_micros
+    }
+}
+
+/// A connection's handle on its network thread, to say that a request arrived.
+#[derive(Clone)]
+pub struct RequestSignal {
+    activity: Arc<Activity>,
+    thread: usize,
+}
+
+impl RequestSignal {
+    /// A request arrived (its bytes were read): every network thread polls for the next one
+    /// for a while.
+    pub fn request_arrived(&self) {
+        let activity = &*self.activity;
+        activity.pollers[self.thread]
+            .requests
+            .fetch_add(1, Ordering::Relaxed);
+        if activity.idle_poll_micros == 0 {
+            return;
+        }
+        activity
+            .last_request_micros
+            .store(activity.now_micros().max(1), Ordering::SeqCst);
+        // A poller that is asleep either sees this request's time when it checks again after
+        // saying so, or is seen asleep here (both sides are SeqCst).
+        for poller in &activity.pollers {
+            if poller.asleep.load(Ordering::SeqCst) && poller.asleep.swap(false, Ordering::SeqCst) {
+                poller.wake.notify_one();
+            }
+        }
+    }
+}
+
+/// Polls for work while the node had a request within the idle poll (see the module's
+/// comment), sleeping otherwise; runs for ever on network thread `thread`.
+async fn idle_poll(activity: &Activity, thread: usize) {
+    if activity.idle_poll_micros == 0 {
+        return std::future::pending().await;
+    }
+    let poller = &activity.pollers[thread];
+    loop {
+        let mut cpu_before = thread_cpu_time();
+        while activity.recent() {
+            let requests = poller.requests.load(Ordering::Relaxed);
+            // Any other thread that can run on this CPU goes first.
+            std::thread::yield_now();
+            // Back after the runtime has polled its sockets (without blocking) and run what
+            // they woke.
+            tokio::task::yield_now().await;
+            let cpu_after = thread_cpu_time();
+            if poller.requests.load(Ordering::Relaxed) == requests {
+                let idle = cpu_after.saturating_sub(cpu_before).as_nanos() as u64;
+                poller.idle_polled_nanos.fetch_add(idle, Ordering::Relaxed);
+                activity
+                    .idle_polled_total_nanos
+                    .fetch_add(idle, Ordering::Relaxed);
+            }
+            cpu_before = cpu_after;
+        }
+        poller.asleep.store(true, Ordering::SeqCst);
+        if activity.recent() {
+            poller.asleep.store(false, Ordering::SeqCst);
+            continue;
+        }
+        poller.wake.notified().await;
+    }
+}
 
 /// Network threads when the configuration leaves it to the machine: one per core.
 pub fn default_thread_count() -> usize {
@@ -47,12 +169,21 @@ struct NetworkThread {
 /// The node's network threads.
 pub struct NetworkThreads {
     threads: Vec<NetworkThread>,
+    activity: Arc<Activity>,
 }
 
 /// A connection's place on a network thread: held by the connection's task, it counts the
 /// connection there until dropped.
 pub struct Placement {
     connections: Arc<AtomicUsize>,
+    signal: RequestSignal,
+}
+
+impl Placement {
+    /// What the connection calls when a request arrives.
+    pub fn request_signal(&self) -> RequestSignal {
+        self.signal.clone()
+    }
 }
 
 impl Drop for Placement {
@@ -63,15 +194,38 @@ impl Drop for Placement {
 }
 
 impl NetworkThreads {
-    /// Starts `count` threads (at least one).
-    pub fn start(count: usize) -> std::io::Result<NetworkThreads> {
-        NetworkThreads::start_sampling(count, LOAD_SAMPLE_INTERVAL)
+    /// Starts `count` threads (at least one) that poll for `idle_poll_micros` after a request,
+    /// adding the CPU time they polled in vain to `idle_polled_nanos`.
+    pub fn start(
+        count: usize,
+        idle_poll_micros: u64,
+        idle_polled_nanos: Arc<AtomicU64>,
+    ) -> std::io::Result<NetworkThreads> {
+        NetworkThreads::start_sampling(
+            count,
+            idle_poll_micros,
+            idle_polled_nanos,
+            LOAD_SAMPLE_INTERVAL,
+        )
     }
 
     /// [`NetworkThreads::start`], with the threads measuring their load every `sample_interval`.
-    fn start_sampling(count: usize, sample_interval: Duration) -> std::io::Result<NetworkThreads> {
-        let mut threads = Vec::with_capacity(count.max(1));
-        for index in 0..count.max(1) {
+    fn start_sampling(
+        count: usize,
+        idle_poll_micros: u64,
+        idle_polled_nanos: Arc<AtomicU64>,
+        sample_interval: Duration,
+    ) -> std::io::Result<NetworkThreads> {
+        let count = count.max(1);
+        let activity = Arc::new(Activity {
+            epoch: Instant::now(),
+            last_request_micros: AtomicU64::new(0),
+            idle_poll_micros: idle_poll_micros.min(IDLE_POLL_MAX_MICROS),
+            pollers: (0..count).map(|_| Poller::default()).collect(),
+            idle_polled_total_nanos: idle_polled_nanos,
+        });
+        let mut threads = Vec::with_capacity(count);
+        for index in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 // The runtime's blocking pool: the commands that may wait.
@@ -81,13 +235,16 @@ impl NetworkThreads {
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let load_permille = Arc::new(AtomicU32::new(0));
             let load = load_permille.clone();
+            let thread_activity = activity.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("cairnd-net-{index}"))
                 .spawn(move || {
                     runtime.block_on(async move {
+                        let poller = &thread_activity.pollers[index];
                         tokio::select! {
                             _ = stopped => {}
-                            _ = measure_load(&load, sample_interval) => {}
+                            _ = measure_load(&load, &poller.idle_polled_nanos, sample_interval) => {}
+                            _ = idle_poll(&thread_activity, index) => {}
                         }
                     });
                     // Dropped here, on its own thread, outside any runtime: waits for the
@@ -102,16 +259,17 @@ impl NetworkThreads {
                 thread: Some(thread),
             });
         }
-        Ok(NetworkThreads { threads })
+        Ok(NetworkThreads { threads, activity })
     }
 
     /// The thread a new connection goes to (the least loaded: see the module's comment), and
     /// the connection's placement there.
     pub fn place(&self) -> (tokio::runtime::Handle, Placement) {
-        let thread = self
+        let (index, thread) = self
             .threads
             .iter()
-            .min_by_key(|thread| {
+            .enumerate()
+            .min_by_key(|(_, thread)| {
                 thread.load_permille.load(Ordering::Relaxed)
                     + CONNECTION_LOAD_PERMILLE * thread.connections.load(Ordering::Relaxed) as u32
             })
@@ -121,6 +279,10 @@ impl NetworkThreads {
             thread.runtime.clone(),
             Placement {
                 connections: thread.connections.clone(),
+                signal: RequestSignal {
+                    activity: self.activity.clone(),
+                    thread: index,
+                },
             },
         )
     }
@@ -157,16 +319,25 @@ impl NetworkThreads {
 }
 
 /// Measures the calling thread's load every `sample_interval`, forever: its CPU time over the
-/// interval's wall time, in thousandths.
-async fn measure_load(load_permille: &AtomicU32, sample_interval: Duration) {
+/// interval's wall time, in thousandths, not counting the CPU time it polled with nothing to do
+/// (`idle_polled_nanos`, the total so far).
+async fn measure_load(
+    load_permille: &AtomicU32,
+    idle_polled_nanos: &AtomicU64,
+    sample_interval: Duration,
+) {
     let mut interval = tokio::time::interval(sample_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last = (Instant::now(), thread_cpu_time());
+    let idle_polled = || Duration::from_nanos(idle_polled_nanos.load(Ordering::Relaxed));
+    let mut last = (Instant::now(), thread_cpu_time(), idle_polled());
     loop {
         interval.tick().await;
-        let now = (Instant::now(), thread_cpu_time());
+        let now = (Instant::now(), thread_cpu_time(), idle_polled());
         let wall = now.0.duration_since(last.0);
-        let cpu = now.1.saturating_sub(last.1);
+        let cpu = now
+            .1
+            .saturating_sub(last.1)
+            .saturating_sub(now.2.saturating_sub(last.2));
         if !wall.is_zero() {
             let permille = (cpu.as_secs_f64() / wall.as_secs_f64() * 1000.0).min(1000.0);
             load_permille.store(permille as u32, Ordering::Relaxed);
@@ -204,7 +375,9 @@ mod tests {
     async fn connections_go_to_the_thread_with_the_fewest_and_stay_there() {
         // Loads are never sampled (they stay 0), so only connections count: the work this test
         // does on a thread (a 2 ms sample of a slow debug build) would otherwise outweigh one.
-        let network = NetworkThreads::start_sampling(2, Duration::from_secs(3600)).unwrap();
+        let network =
+            NetworkThreads::start_sampling(2, 0, Arc::default(), Duration::from_secs(3600))
+                .unwrap();
         let (first, first_placement) = network.place();
         let (second, second_placement) = network.place();
         let thread_of = |handle: &tokio::runtime::Handle| {
@@ -239,9 +412,101 @@ mod tests {
         network.stop().await;
     }
 
+    /// The CPU time a network thread has spent polling with nothing to do.
+    fn idle_polled(network: &NetworkThreads, thread: usize) -> Duration {
+        Duration::from_nanos(
+            network.activity.pollers[thread]
+                .idle_polled_nanos
+                .load(Ordering::Relaxed),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_request_keeps_every_thread_polling_for_a_while_then_they_sleep() {
+        let window = Duration::from_millis(20);
+        let network = NetworkThreads::start_sampling(
+            2,
+            window.as_micros() as u64,
+            Arc::default(),
+            LOAD_SAMPLE_INTERVAL,
+        )
+        .unwrap();
+        // No request yet: nobody polls.
+        tokio::time::sleep(window * 2).await;
+        assert_eq!(idle_polled(&network, 0), Duration::ZERO);
+        assert_eq!(idle_polled(&network, 1), Duration::ZERO);
+        // A request on one thread: both threads poll (the other thread's CPU is kept awake
+        // for the client's next wake-up too).
+        let (_, placement) = network.place();
+        placement.request_signal().request_arrived();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (idle_polled(&network, 0).is_zero() || idle_polled(&network, 1).is_zero())
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(!idle_polled(&network, 0).is_zero(), "thread 0 polled");
+        assert!(!idle_polled(&network, 1).is_zero(), "thread 1 polled");
+        // Once the window has passed, they sleep: no more polling time.
+        tokio::time::sleep(window * 3).await;
+        let settled = (idle_polled(&network, 0), idle_polled(&network, 1));
+        tokio::time::sleep(window * 3).await;
+        assert_eq!(
+            (idle_polled(&network, 0), idle_polled(&network, 1)),
+            settled
+        );
+        // Another request wakes them again.
+        placement.request_signal().request_arrived();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while idle_polled(&network, 0) == settled.0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(idle_polled(&network, 0) > settled.0, "polling again");
+        drop(placement);
+        network.stop().await;
+    }
+
+    #[tokio::test]
+    async fn idle_polling_is_not_load() {
+        let total = Arc::new(AtomicU64::new(0));
+        let network = NetworkThreads::start_sampling(
+            2,
+            IDLE_POLL_MAX_MICROS,
+            total.clone(),
+            LOAD_SAMPLE_INTERVAL,
+        )
+        .unwrap();
+        let (_, placement) = network.place();
+        let signal = placement.request_signal();
+        // Requests keep both threads polling for several load samples; they do nothing else.
+        let until = Instant::now() + LOAD_SAMPLE_INTERVAL * 5;
+        while Instant::now() < until {
+            signal.request_arrived();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(
+            !idle_polled(&network, 0).is_zero() && !idle_polled(&network, 1).is_zero(),
+            "both threads polled"
+        );
+        assert!(
+            total.load(Ordering::Relaxed) as u128
+                >= (idle_polled(&network, 0) + idle_polled(&network, 1)).as_nanos(),
+            "the node's total counts both threads"
+        );
+        for thread in &network.threads {
+            let load = thread.load_permille.load(Ordering::Relaxed);
+            assert!(
+                load < 300,
+                "a thread that only polled has a load of {load} permille"
+            );
+        }
+        drop(placement);
+        network.stop().await;
+    }
+
     #[tokio::test]
     async fn a_busy_thread_gets_no_new_connections() {
-        let network = NetworkThreads::start(2).unwrap();
+        let network = NetworkThreads::start(2, 0, Arc::default()).unwrap();
         let (first, _first_placement) = network.place();
         let busy_name = first
             .spawn(async { std::thread::current().name().map(str::to_owned) })

@@ -498,3 +498,53 @@ async fn dropping_a_driver_operation_kills_it_on_the_server() {
     assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 0);
     node.stop().await.unwrap();
 }
+
+/// serverStatus.cairn.network: (idlePollMicros, idlePolledMicros).
+async fn idle_poll_status(client: &cairn_driver::Client) -> (i64, i64) {
+    let status = client
+        .database("admin")
+        .run_command(doc! {"serverStatus": 1})
+        .await
+        .unwrap();
+    let network = status
+        .get_document("cairn")
+        .unwrap()
+        .get_document("network")
+        .unwrap();
+    (
+        network.get_i64("idlePollMicros").unwrap(),
+        network.get_i64("idlePolledMicros").unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_network_threads_poll_after_requests_only_when_configured() {
+    for idle_poll_micros in [0, 5_000] {
+        let node = cairn_server::EmbeddedNode::start(
+            cairn_server::NodeConfig {
+                port: 0,
+                idle_poll_micros,
+                ..cairn_server::NodeConfig::default()
+            },
+            true,
+        )
+        .await
+        .unwrap();
+        let client = cairn_driver::Client::connect(&format!("cairn://{}", node.address))
+            .await
+            .unwrap();
+        let coll = client.database("test").collection::<Document>("c");
+        for id in 0..20 {
+            coll.insert_one(doc! {"_id": id}).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let (setting, polled) = idle_poll_status(&client).await;
+        assert_eq!(setting, idle_poll_micros as i64);
+        if idle_poll_micros == 0 {
+            assert_eq!(polled, 0, "no idle poll configured, none done");
+        } else {
+            assert!(polled > 0, "the network threads polled after the requests");
+        }
+        node.stop().await.unwrap();
+    }
+}

@@ -28,6 +28,10 @@ pub(super) fn server_status(opctx: &mut OpCtx<'_>, _request: &Request) -> Result
     let engine = node.engine.stats();
     let mut cairn = engine.to_document();
     cairn.insert("execution", node.metrics.execution());
+    cairn.insert(
+        "network",
+        node.metrics.network(node.config.idle_poll_micros),
+    );
     let (open_cursors, no_timeout_cursors) = node.cursors.counts();
     Ok(doc! {
         "host": super::basic::hostname(),

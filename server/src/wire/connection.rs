@@ -127,6 +127,7 @@ pub(crate) async fn serve_connection(
     prefix: Vec<u8>,
     node: Node,
     mut stop: watch::Receiver<bool>,
+    signal: crate::network::RequestSignal,
 ) {
     assert!(
         prefix.len() <= HEADER_SIZE_BYTES,
@@ -146,7 +147,10 @@ pub(crate) async fn serve_connection(
         };
         prefix.clear();
         let message = match read {
-            Ok(Some(message)) => message,
+            Ok(Some(message)) => {
+                signal.request_arrived();
+                message
+            }
             Ok(None) => break,
             Err(ReadError::Io(error)) => {
                 tracing::debug!(connection, %remote, %error, "connection failed");
