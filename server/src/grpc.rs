@@ -212,6 +212,7 @@ pub async fn serve_connection(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let guard = stream.guard.clone();
+    let signal = stream.signal.clone();
     let remote = guard.client().remote.clone();
     let handshake = h2::server::Builder::new()
         .initial_window_size(HTTP2_STREAM_WINDOW_BYTES)
@@ -251,7 +252,7 @@ pub async fn serve_connection(
             Some(()) = calls.next(), if !calls.is_empty() => {}
             accepted = connection.accept() => match accepted {
                 Some(Ok((request, respond))) => {
-                    calls.push(serve_call(node.clone(), guard.clone(), request, respond, stop.clone()));
+                    calls.push(serve_call(node.clone(), guard.clone(), request, respond, stop.clone(), signal.clone()));
                 }
                 Some(Err(error)) => {
                     tracing::debug!(peer = %remote, %error, "HTTP/2 connection failed");
@@ -271,6 +272,7 @@ async fn serve_call(
     request: http::Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
     stop: tokio::sync::watch::Receiver<bool>,
+    signal: crate::network::RequestSignal,
 ) {
     let (parts, body) = request.into_parts();
     if !is_grpc_content_type(&parts.headers) {
@@ -289,7 +291,7 @@ async fn serve_call(
                 deadline,
                 &node,
                 &slot,
-                run_call(node.clone(), guard, body, stop, slot.clone()),
+                run_call(node.clone(), guard, body, stop, slot.clone(), signal),
             );
             // A reset from the client ends the call; dropping it kills its operation.
             let cancelled = std::future::poll_fn(|cx| respond.poll_reset(cx));
@@ -401,6 +403,7 @@ async fn run_call(
     mut body: h2::RecvStream,
     mut stop: tokio::sync::watch::Receiver<bool>,
     slot: Arc<crate::opctx::OpSlot>,
+    signal: crate::network::RequestSignal,
 ) -> Result<Bytes, Status> {
     let message = framing::read_message(&mut body)
         .await?
@@ -429,6 +432,7 @@ async fn run_call(
         Ok(reply) => reply,
         Err(parsed) => {
             let (node, slot) = (node.clone(), cancel.slot.clone());
+            let _running = signal.command_running();
             let mut task = tokio::task::spawn_blocking(move || match parsed {
                 Some(command) => node.run_command(&client, command),
                 None => node.run_command_bytes(&client, &bytes),

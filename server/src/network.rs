@@ -21,13 +21,14 @@
 //!
 //! After a request arrives, every network thread keeps polling for [`NodeConfig::idle_poll_micros`]
 //! before it sleeps in the kernel (`net.idlePollMicros`, default
-//! [`IDLE_POLL_DEFAULT_MICROS`]; 0 turns it off). On a virtual machine a CPU with nothing to run
-//! is halted, and waking a thread there goes through the hypervisor: tens of microseconds, more
+//! [`IDLE_POLL_DEFAULT_MICROS`]; 0 turns it off), and for up to [`COMMAND_POLL_MAX_MICROS`]
+//! while a command runs on a blocking thread. On a virtual machine a CPU with nothing to run is
+//! halted, and waking a thread there goes through the hypervisor: tens of microseconds, more
 //! than a read takes. A thread that polls instead keeps its CPU running, so the next request
-//! (or the client's thread, woken by the reply) finds it awake. Polling yields the CPU to any
-//! other thread that can run (`sched_yield` between polls), so it takes only CPU time nothing
-//! else wanted; that time is not counted in the thread's load. Seastar's reactor does the same
-//! (`--idle-poll-time-us`, 200 us by default).
+//! (or the client's thread, woken by the reply) finds it awake. Each turn of the poll first
+//! yields the CPU to any other thread that can run there (`sched_yield`); the time it polls in
+//! vain is not counted in the thread's load. Seastar's reactor does the same
+//! (`--idle-poll-time-us`, 200 us by default). docs/server.md ("Idle polling") has the costs.
 //!
 //! [`NodeConfig::idle_poll_micros`]: crate::NodeConfig::idle_poll_micros
 
@@ -45,15 +46,27 @@ const CONNECTION_LOAD_PERMILLE: u32 = 20;
 pub const IDLE_POLL_DEFAULT_MICROS: u64 = 100;
 /// The longest idle poll a configuration may ask for.
 pub const IDLE_POLL_MAX_MICROS: u64 = 10_000;
+/// While a command runs on a blocking thread, the network threads poll for up to this long
+/// after the last request (a `j: true` write's fdatasync, a short lock wait), so that its
+/// reply, and the client's next request, find awake CPUs. A longer command lets them sleep.
+const COMMAND_POLL_MAX_MICROS: u64 = 2_000;
 
 /// Requests arriving at the node's network threads: when the last one came, and each thread's
 /// poller.
+///
+/// Sleeping and waking: a poller says it is asleep, then checks the time of the last request
+/// again; [`Activity::touch`] stores the time, then looks whether its thread's poller is
+/// asleep (both SeqCst), so one of them sees the other. A polling poller wakes the others
+/// ([`Activity::wake_others`]), off the request's path: waking a thread on another CPU is the
+/// slow part.
 struct Activity {
     epoch: Instant,
     /// When the last request arrived, in microseconds since `epoch` (at least 1); 0 before
     /// the first.
     last_request_micros: AtomicU64,
     idle_poll_micros: u64,
+    /// Commands running on blocking threads.
+    commands_running: AtomicUsize,
     /// One per network thread.
     pollers: Vec<Poller>,
     /// CPU time all threads spent polling with no request arriving, in nanoseconds
@@ -61,14 +74,17 @@ struct Activity {
     idle_polled_total_nanos: Arc<AtomicU64>,
 }
 
-/// A network thread's idle poller.
+/// A network thread's idle poller (a cache line of its own: its thread writes it on every
+/// request).
 #[derive(Default)]
+#[repr(align(128))]
 struct Poller {
     /// Waiting for a request, not polling.
     asleep: AtomicBool,
     wake: tokio::sync::Notify,
-    /// Requests read on the thread: polling that saw none was idle time.
-    requests: AtomicU64,
+    /// Work seen on the thread (requests read, commands that ended): a turn of the poll that
+    /// saw none was idle time.
+    work: AtomicU64,
     /// CPU time the thread spent polling with no request arriving, in nanoseconds.
     idle_polled_nanos: AtomicU64,
 }
@@ -78,10 +94,48 @@ impl Activity {
         self.epoch.elapsed().as_micros() as u64
     }
 
-    /// A request arrived within the last `idle_poll_micros`.
+    /// A request arrived within the last `idle_poll_micros`, or within the last
+    /// `COMMAND_POLL_MAX_MICROS` and a command is still running on a blocking thread.
     fn recent(&self) -> bool {
         let last = self.last_request_micros.load(Ordering::SeqCst);
-        last != 0 && self.now_micros().saturating_sub(last) < self.idle_poll_micros
+        if last == 0 {
+            return false;
+        }
+        let since = self.now_micros().saturating_sub(last);
+        since < self.idle_poll_micros
+            || (since < COMMAND_POLL_MAX_MICROS && self.commands_running.load(Ordering::SeqCst) > 0)
+    }
+
+    /// Work on network thread `thread` that the next request follows soon (a request, the end
+    /// of a command): every thread polls for a while. Wakes only `thread`'s own poller, which
+    /// costs no system call; that poller wakes the others.
+    fn touch(&self, thread: usize) {
+        let poller = &self.pollers[thread];
+        poller.work.fetch_add(1, Ordering::Relaxed);
+        if self.idle_poll_micros == 0 {
+            return;
+        }
+        let now = self.now_micros().max(1);
+        // Several requests in one microsecond write the line once.
+        if self.last_request_micros.load(Ordering::Relaxed) != now {
+            self.last_request_micros.store(now, Ordering::SeqCst);
+        }
+        Self::wake(poller);
+    }
+
+    fn wake(poller: &Poller) {
+        if poller.asleep.load(Ordering::SeqCst) && poller.asleep.swap(false, Ordering::SeqCst) {
+            poller.wake.notify_one();
+        }
+    }
+
+    /// Wakes every poller but `thread`'s that is asleep.
+    fn wake_others(&self, thread: usize) {
+        for (index, poller) in self.pollers.iter().enumerate() {
+            if index != thread {
+                Self::wake(poller);
+            }
+        }
     }
 }
 
@@ -96,44 +150,61 @@ impl RequestSignal {
     /// A request arrived (its bytes were read): every network thread polls for the next one
     /// for a while.
     pub fn request_arrived(&self) {
-        let activity = &*self.activity;
-        activity.pollers[self.thread]
-            .requests
-            .fetch_add(1, Ordering::Relaxed);
-        if activity.idle_poll_micros == 0 {
-            return;
-        }
-        activity
-            .last_request_micros
-            .store(activity.now_micros().max(1), Ordering::SeqCst);
-        // A poller that is asleep either sees this request's time when it checks again after
-        // saying so, or is seen asleep here (both sides are SeqCst).
-        for poller in &activity.pollers {
-            if poller.asleep.load(Ordering::SeqCst) && poller.asleep.swap(false, Ordering::SeqCst) {
-                poller.wake.notify_one();
-            }
+        self.activity.touch(self.thread);
+    }
+
+    /// A command of this connection runs on a blocking thread until the returned guard is
+    /// dropped: meanwhile the threads go on polling (for at most `COMMAND_POLL_MAX_MICROS`
+    /// after the last request), and its end counts as a request (its reply goes out, and the
+    /// client's next request follows).
+    pub fn command_running(&self) -> CommandRunning {
+        self.activity
+            .commands_running
+            .fetch_add(1, Ordering::SeqCst);
+        CommandRunning {
+            signal: self.clone(),
         }
     }
 }
 
+/// A command running on a blocking thread (see [`RequestSignal::command_running`]); dropped on
+/// its connection's network thread.
+pub struct CommandRunning {
+    signal: RequestSignal,
+}
+
+impl Drop for CommandRunning {
+    fn drop(&mut self) {
+        let activity = &self.signal.activity;
+        let before = activity.commands_running.fetch_sub(1, Ordering::SeqCst);
+        assert!(before > 0, "a running command ends once");
+        activity.touch(self.signal.thread);
+    }
+}
+
 /// Polls for work while the node had a request within the idle poll (see the module's
-/// comment), sleeping otherwise; runs for ever on network thread `thread`.
-async fn idle_poll(activity: &Activity, thread: usize) {
+/// comment), sleeping otherwise; runs for ever as a task of its own on network thread
+/// `thread`. A task, not part of the thread's `block_on` future: the runtime polls that future
+/// before the tasks its sockets woke, while a task's yield comes back after them.
+async fn idle_poll(activity: Arc<Activity>, thread: usize) {
     if activity.idle_poll_micros == 0 {
-        return std::future::pending().await;
+        return;
     }
     let poller = &activity.pollers[thread];
     loop {
         let mut cpu_before = thread_cpu_time();
         while activity.recent() {
-            let requests = poller.requests.load(Ordering::Relaxed);
+            // A request on this thread woke only this poller (or found it awake): the others
+            // poll too (a few loads when they already do).
+            activity.wake_others(thread);
+            let work = poller.work.load(Ordering::Relaxed);
             // Any other thread that can run on this CPU goes first.
             std::thread::yield_now();
-            // Back after the runtime has polled its sockets (without blocking) and run what
-            // they woke.
+            // Back after the runtime has polled its sockets (without blocking) and run the
+            // tasks they woke.
             tokio::task::yield_now().await;
             let cpu_after = thread_cpu_time();
-            if poller.requests.load(Ordering::Relaxed) == requests {
+            if poller.work.load(Ordering::Relaxed) == work {
                 let idle = cpu_after.saturating_sub(cpu_before).as_nanos() as u64;
                 poller.idle_polled_nanos.fetch_add(idle, Ordering::Relaxed);
                 activity
@@ -221,6 +292,7 @@ impl NetworkThreads {
             epoch: Instant::now(),
             last_request_micros: AtomicU64::new(0),
             idle_poll_micros: idle_poll_micros.min(IDLE_POLL_MAX_MICROS),
+            commands_running: AtomicUsize::new(0),
             pollers: (0..count).map(|_| Poller::default()).collect(),
             idle_polled_total_nanos: idle_polled_nanos,
         });
@@ -239,12 +311,13 @@ impl NetworkThreads {
             let thread = std::thread::Builder::new()
                 .name(format!("cairnd-net-{index}"))
                 .spawn(move || {
+                    // Dropped with the runtime.
+                    runtime.spawn(idle_poll(thread_activity.clone(), index));
                     runtime.block_on(async move {
                         let poller = &thread_activity.pollers[index];
                         tokio::select! {
                             _ = stopped => {}
                             _ = measure_load(&load, &poller.idle_polled_nanos, sample_interval) => {}
-                            _ = idle_poll(&thread_activity, index) => {}
                         }
                     });
                     // Dropped here, on its own thread, outside any runtime: waits for the
@@ -436,34 +509,110 @@ mod tests {
         assert_eq!(idle_polled(&network, 0), Duration::ZERO);
         assert_eq!(idle_polled(&network, 1), Duration::ZERO);
         // A request on one thread: both threads poll (the other thread's CPU is kept awake
-        // for the client's next wake-up too).
+        // for the client's next wake-up too). Signalled again until both have, since a loaded
+        // machine may not run a thread within one window.
         let (_, placement) = network.place();
-        placement.request_signal().request_arrived();
+        let signal = placement.request_signal();
+        let both_polled_since = |before: (Duration, Duration)| {
+            let signal = signal.clone();
+            let network = &network;
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while (idle_polled(network, 0) == before.0 || idle_polled(network, 1) == before.1)
+                    && Instant::now() < deadline
+                {
+                    signal.request_arrived();
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                assert!(idle_polled(network, 0) > before.0, "thread 0 polled");
+                assert!(idle_polled(network, 1) > before.1, "thread 1 polled");
+            }
+        };
+        both_polled_since((Duration::ZERO, Duration::ZERO)).await;
+        // Once the window has passed, they sleep: both say so, and poll no more.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while (idle_polled(&network, 0).is_zero() || idle_polled(&network, 1).is_zero())
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        let asleep = |thread: usize| {
+            network.activity.pollers[thread]
+                .asleep
+                .load(Ordering::SeqCst)
+        };
+        while !(asleep(0) && asleep(1)) && Instant::now() < deadline {
+            tokio::time::sleep(window).await;
         }
-        assert!(!idle_polled(&network, 0).is_zero(), "thread 0 polled");
-        assert!(!idle_polled(&network, 1).is_zero(), "thread 1 polled");
-        // Once the window has passed, they sleep: no more polling time.
-        tokio::time::sleep(window * 3).await;
+        assert!(
+            asleep(0) && asleep(1),
+            "both pollers sleep after the window"
+        );
         let settled = (idle_polled(&network, 0), idle_polled(&network, 1));
         tokio::time::sleep(window * 3).await;
         assert_eq!(
             (idle_polled(&network, 0), idle_polled(&network, 1)),
             settled
         );
-        // Another request wakes them again.
-        placement.request_signal().request_arrived();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while idle_polled(&network, 0) == settled.0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        assert!(idle_polled(&network, 0) > settled.0, "polling again");
+        // Another request wakes both again.
+        both_polled_since(settled).await;
         drop(placement);
         network.stop().await;
+    }
+
+    #[test]
+    fn a_running_command_extends_the_poll_up_to_its_limit() {
+        let activity = Arc::new(Activity {
+            epoch: Instant::now(),
+            last_request_micros: AtomicU64::new(0),
+            idle_poll_micros: 500,
+            commands_running: AtomicUsize::new(0),
+            pollers: vec![Poller::default()],
+            idle_polled_total_nanos: Arc::default(),
+        });
+        let signal = RequestSignal {
+            activity: activity.clone(),
+            thread: 0,
+        };
+        assert!(!activity.recent(), "no request yet");
+        // Each check holds only if this thread ran in time (a loaded machine may stall it for
+        // longer than the limits); `checked` makes sure the test did check something.
+        let mut checked = 0;
+        let wait_until = |start: Instant, micros: u64| {
+            while start.elapsed() < Duration::from_micros(micros) {
+                std::hint::spin_loop();
+            }
+        };
+        for _attempt in 0..20 {
+            let arrived = Instant::now();
+            signal.request_arrived();
+            let running = signal.command_running();
+            // Past the idle poll, inside the command's limit: still polling.
+            wait_until(arrived, 800);
+            let recent = activity.recent();
+            let in_time = arrived.elapsed() < Duration::from_micros(COMMAND_POLL_MAX_MICROS - 200);
+            // Past the command's limit: not any more, though the command still runs.
+            wait_until(arrived, COMMAND_POLL_MAX_MICROS + 200);
+            assert!(
+                !activity.recent(),
+                "a long command does not keep the threads polling"
+            );
+            // Its end counts as a request.
+            drop(running);
+            let ended = Instant::now();
+            let recent_after_end = activity.recent();
+            let ended_in_time = ended.elapsed() < Duration::from_micros(300);
+            if in_time && ended_in_time {
+                assert!(recent, "polling while the command runs");
+                assert!(recent_after_end, "polling after the command ended");
+                checked += 1;
+            }
+            // Without a command the idle poll alone decides.
+            let arrived = Instant::now();
+            signal.request_arrived();
+            wait_until(arrived, 800);
+            assert!(!activity.recent(), "no command: the idle poll has passed");
+            if checked >= 3 {
+                break;
+            }
+        }
+        assert!(checked > 0, "the machine never ran this test in time");
+        assert_eq!(activity.commands_running.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
@@ -488,9 +637,11 @@ mod tests {
             !idle_polled(&network, 0).is_zero() && !idle_polled(&network, 1).is_zero(),
             "both threads polled"
         );
-        assert!(
-            total.load(Ordering::Relaxed) as u128
-                >= (idle_polled(&network, 0) + idle_polled(&network, 1)).as_nanos(),
+        // Past the window the counters stay still.
+        tokio::time::sleep(Duration::from_micros(IDLE_POLL_MAX_MICROS) * 3).await;
+        assert_eq!(
+            total.load(Ordering::Relaxed) as u128,
+            (idle_polled(&network, 0) + idle_polled(&network, 1)).as_nanos(),
             "the node's total counts both threads"
         );
         for thread in &network.threads {

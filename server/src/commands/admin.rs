@@ -30,7 +30,11 @@ pub(super) fn server_status(opctx: &mut OpCtx<'_>, _request: &Request) -> Result
     cairn.insert("execution", node.metrics.execution());
     cairn.insert(
         "network",
-        node.metrics.network(node.config.idle_poll_micros),
+        node.metrics.network(
+            node.config
+                .idle_poll_micros
+                .min(crate::network::IDLE_POLL_MAX_MICROS),
+        ),
     );
     let (open_cursors, no_timeout_cursors) = node.cursors.counts();
     Ok(doc! {

@@ -197,6 +197,7 @@ pub(crate) async fn serve_connection(
                     Ok(reply) => finish(&client, hello, reply, reply_to, request_id),
                     Err(command) => {
                         let running_node = node.clone();
+                        let _running = signal.command_running();
                         let mut task = tokio::task::spawn_blocking(move || {
                             run(&running_node, &client, command, hello, reply_to, request_id)
                         });
