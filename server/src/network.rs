@@ -46,6 +46,12 @@ const CONNECTION_LOAD_PERMILLE: u32 = 20;
 pub const IDLE_POLL_DEFAULT_MICROS: u64 = 100;
 /// The longest idle poll a configuration may ask for.
 pub const IDLE_POLL_MAX_MICROS: u64 = 10_000;
+
+/// The idle poll the threads run with for a configured one (cairnd refuses a longer one;
+/// a node built in code gets the longest there is).
+pub fn idle_poll_in_force(configured_micros: u64) -> u64 {
+    configured_micros.min(IDLE_POLL_MAX_MICROS)
+}
 /// While a command runs on a blocking thread, the network threads poll for up to this long
 /// after the last request (a `j: true` write's fdatasync, a short lock wait), so that its
 /// reply, and the client's next request, find awake CPUs. A longer command lets them sleep.
@@ -110,11 +116,11 @@ impl Activity {
     /// of a command): every thread polls for a while. Wakes only `thread`'s own poller, which
     /// costs no system call; that poller wakes the others.
     fn touch(&self, thread: usize) {
-        let poller = &self.pollers[thread];
-        poller.work.fetch_add(1, Ordering::Relaxed);
         if self.idle_poll_micros == 0 {
             return;
         }
+        let poller = &self.pollers[thread];
+        poller.work.fetch_add(1, Ordering::Relaxed);
         let now = self.now_micros().max(1);
         // Several requests in one microsecond write the line once.
         if self.last_request_micros.load(Ordering::Relaxed) != now {
@@ -291,7 +297,7 @@ impl NetworkThreads {
         let activity = Arc::new(Activity {
             epoch: Instant::now(),
             last_request_micros: AtomicU64::new(0),
-            idle_poll_micros: idle_poll_micros.min(IDLE_POLL_MAX_MICROS),
+            idle_poll_micros: idle_poll_in_force(idle_poll_micros),
             commands_running: AtomicUsize::new(0),
             pollers: (0..count).map(|_| Poller::default()).collect(),
             idle_polled_total_nanos: idle_polled_nanos,

@@ -30,11 +30,9 @@ pub(super) fn server_status(opctx: &mut OpCtx<'_>, _request: &Request) -> Result
     cairn.insert("execution", node.metrics.execution());
     cairn.insert(
         "network",
-        node.metrics.network(
-            node.config
-                .idle_poll_micros
-                .min(crate::network::IDLE_POLL_MAX_MICROS),
-        ),
+        node.metrics.network(crate::network::idle_poll_in_force(
+            node.config.idle_poll_micros,
+        )),
     );
     let (open_cursors, no_timeout_cursors) = node.cursors.counts();
     Ok(doc! {
