@@ -35,59 +35,67 @@ fn idle_poll_status(node: &EmbeddedNode) -> (i64, i64) {
     )
 }
 
-/// Whether the network threads polled after the requests so far (with the poll configured,
-/// they must; without, they must not), and that serverStatus reports the setting.
-async fn check(idle_poll_micros: u64, node: &EmbeddedNode) {
-    let (setting, polled) = idle_poll_status(node);
-    assert_eq!(setting, idle_poll_micros as i64);
-    if idle_poll_micros == 0 {
-        assert_eq!(polled, 0, "no idle poll configured, none done");
-    } else {
-        assert!(polled > 0, "the network threads polled after the requests");
+/// For a node without an idle poll and one with: sends pings through a client of the node's
+/// address (`connect`), then checks that the network threads polled only where configured and
+/// that serverStatus reports the setting. Pings run inline on the network thread, so only
+/// their arrival starts the poll.
+async fn pings_poll_only_when_configured<C>(
+    connect: impl AsyncFn(std::net::SocketAddr) -> C,
+    ping: impl AsyncFn(&C),
+) {
+    for idle_poll_micros in [0, 5_000] {
+        let node = start(idle_poll_micros).await;
+        let client = connect(node.address).await;
+        for _ in 0..20 {
+            ping(&client).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let (setting, polled) = idle_poll_status(&node);
+        assert_eq!(setting, idle_poll_micros as i64);
+        if idle_poll_micros == 0 {
+            assert_eq!(polled, 0, "no idle poll configured, none done");
+        } else {
+            assert!(polled > 0, "the network threads polled after the requests");
+        }
+        drop(client);
+        node.stop().await.unwrap();
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_requests_make_the_threads_poll_only_when_configured() {
-    for idle_poll_micros in [0, 5_000] {
-        let node = start(idle_poll_micros).await;
-        let client = cairn_driver::Client::connect(&format!("cairn://{}", node.address))
-            .await
-            .unwrap();
-        // Pings run inline on the network thread: only their arrival starts the poll.
-        for _ in 0..20 {
+    pings_poll_only_when_configured(
+        async |address| {
+            cairn_driver::Client::connect(&format!("cairn://{address}"))
+                .await
+                .unwrap()
+        },
+        async |client| {
             client
                 .database("admin")
                 .run_command(doc! {"ping": 1})
                 .await
                 .unwrap();
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        check(idle_poll_micros, &node).await;
-        node.stop().await.unwrap();
-    }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wire_protocol_requests_make_the_threads_poll_only_when_configured() {
-    for idle_poll_micros in [0, 5_000] {
-        let node = start(idle_poll_micros).await;
-        let client = mongodb::Client::with_uri_str(format!(
-            "mongodb://{}/?directConnection=true",
-            node.address
-        ))
-        .await
-        .unwrap();
-        for _ in 0..20 {
+    pings_poll_only_when_configured(
+        async |address| {
+            mongodb::Client::with_uri_str(format!("mongodb://{address}/?directConnection=true"))
+                .await
+                .unwrap()
+        },
+        async |client| {
             client
                 .database("admin")
                 .run_command(doc! {"ping": 1})
                 .await
                 .unwrap();
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        check(idle_poll_micros, &node).await;
-        drop(client);
-        node.stop().await.unwrap();
-    }
+        },
+    )
+    .await;
 }
